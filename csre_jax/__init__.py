@@ -1,0 +1,1 @@
+"""csre-jax: CSRE for skeleton action recognition in JAX/Flax."""
