@@ -1,0 +1,176 @@
+"""PyTorch-compatible building blocks shared by the skeleton backbones.
+
+Everything is channels-last: feature maps are (N*M, T, V, C). Parity with the official
+PyTorch code lives here (BatchNorm defaults, symmetric explicit temporal padding, -inf
+max-pool padding, PyTorch initialisers), so each backbone gets it by construction.
+
+Flax module names follow the PyTorch attribute names, with a Sequential index `i` written as
+`_i` (`branches_0_3` is `branches.0.3`); torch_io relies on that to map checkpoint keys.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Conv2d/Linear weights in the official GCN code: kaiming normal, mode fan_out (not truncated).
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default Conv/Linear bias init, U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def normal_around(mean: float, stddev: float) -> nn.initializers.Initializer:
+    """Normal(mean, stddev), e.g. the Normal(1, 0.02) BN scales of the MS-TCN."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return mean + stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+class BatchNorm(nn.BatchNorm):
+    """nn.BatchNorm with PyTorch's defaults: torch momentum 0.1 is Flax momentum 0.9.
+
+    In training Flax stores the biased batch variance where PyTorch stores the unbiased one;
+    normalisation itself is identical.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+
+def data_batch_norm(bn: BatchNorm, x: jax.Array) -> jax.Array:
+    """The input BatchNorm1d of the GCN backbones on x (N, M, T, V, C).
+
+    PyTorch normalises M*V*C channels with index m*V*C + v*C + c and statistics over (N, T);
+    flattening (M, V, C) in that order reproduces both.
+    """
+    n, m, t, v, c = x.shape
+    h = jnp.transpose(x, (0, 2, 1, 3, 4)).reshape(n, t, m * v * c)
+    h = bn(h)
+    return jnp.transpose(h.reshape(n, t, m, v, c), (0, 2, 1, 3, 4))
+
+
+def temporal_conv(
+    features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    name: str | None = None,
+) -> nn.Conv:
+    """Conv over T with kernel (k, 1) on (B, T, V, C), PyTorch's symmetric padding, kaiming init.
+
+    Never "SAME": for even T and stride 2 it pads asymmetrically and shifts every window.
+    """
+    pad = (kernel_size - 1) * dilation // 2
+    return nn.Conv(
+        features,
+        (kernel_size, 1),
+        strides=(stride, 1),
+        padding=((pad, pad), (0, 0)),
+        kernel_dilation=(dilation, 1),
+        kernel_init=kaiming_fan_out,
+        name=name,
+    )
+
+
+def temporal_max_pool3(x: jax.Array, stride: int) -> jax.Array:
+    """MaxPool kernel (3, 1), padding (1, 0) with -inf, stride (s, 1), on (B, T, V, C).
+
+    Written as the max of three shifted copies: XLA:CPU runs the gradient of reduce_window
+    (select_and_scatter) about 10x slower. Tied maxima share the gradient instead of the first
+    one taking it all; after a ReLU the ties are zeros, whose gradient the ReLU drops anyway.
+    """
+    pad = jnp.pad(x, ((0, 0), (1, 1), (0, 0), (0, 0)), constant_values=-jnp.inf)
+    y = jnp.maximum(jnp.maximum(pad[:, :-2], pad[:, 1:-1]), pad[:, 2:])
+    return y[:, ::stride]
+
+
+def pointwise(features: int, name: str) -> nn.Dense:
+    """A 1x1 Conv2d of the official code as a matmul over channels (kaiming fan_out, bias 0)."""
+    return nn.Dense(features, kernel_init=kaiming_fan_out, name=name)
+
+
+class UnitTCN(nn.Module):
+    """unit_tcn / TemporalConv: temporal conv then BatchNorm, no activation."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    bn_scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = temporal_conv(
+            self.features,
+            self.kernel_size,
+            stride=self.stride,
+            dilation=self.dilation,
+            name="conv",
+        )(x)
+        return BatchNorm(use_running_average=not train, scale_init=self.bn_scale_init, name="bn")(x)
+
+
+class MSTCN(nn.Module):
+    """Multi-scale temporal conv (CTR-GCN, Hyperformer, BlockGCN, InfoGCN).
+
+    Branches, concatenated in this order along channels, each with an equal share of features:
+    one per dilation (1x1 + BN + ReLU, then a strided dilated temporal conv + BN), a max-pool
+    branch (1x1 + BN + ReLU, max-pool (3, 1) with -inf padding, BN), and a strided 1x1 + BN.
+    InfoGCN's copy ends with a ReLU (final_relu); the others have no activation there.
+    """
+
+    features: int
+    kernel_size: int = 5
+    stride: int = 1
+    dilations: tuple[int, ...] = (1, 2)
+    final_relu: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        num_branches = len(self.dilations) + 2
+        if self.features % num_branches:
+            raise ValueError(f"MSTCN features {self.features} not divisible by {num_branches}")
+        width = self.features // num_branches
+
+        def bn(name):
+            return BatchNorm(
+                use_running_average=not train, scale_init=normal_around(1.0, 0.02), name=name
+            )
+
+        def reduce(h, b):
+            h = pointwise(width, f"branches_{b}_0")(h)
+            return bn(f"branches_{b}_1")(h)
+
+        outs = []
+        for b, dilation in enumerate(self.dilations):
+            h = nn.relu(reduce(x, b))
+            tcn = UnitTCN(
+                width,
+                self.kernel_size,
+                stride=self.stride,
+                dilation=dilation,
+                bn_scale_init=normal_around(1.0, 0.02),
+                name=f"branches_{b}_3",
+            )
+            outs.append(tcn(h, train))
+        b = len(self.dilations)
+        h = nn.relu(reduce(x, b))
+        h = temporal_max_pool3(h, self.stride)
+        outs.append(bn(f"branches_{b}_4")(h))
+        outs.append(reduce(x[:, :: self.stride], b + 1))
+        y = jnp.concatenate(outs, axis=-1)
+        return nn.relu(y) if self.final_relu else y
