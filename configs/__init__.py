@@ -1,0 +1,1 @@
+"""Experiment configs: ml_collections files with get_config(arg)."""

@@ -1,0 +1,133 @@
+"""Which samples a config trains and tests on, and how each sample is transformed.
+
+`load_dataset(config.data)` is the one entry point; data never imports models.
+"""
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from csre_jax.data import synthetic
+from csre_jax.data.pipeline import Split, Transform
+
+# Split files as the official NTU preparation names them, per (dataset, benchmark).
+NTU_SPLIT_FILES = {
+    ("ntu60", "xsub"): "NTU60_CS.npz",
+    ("ntu60", "xview"): "NTU60_CV.npz",
+    ("ntu120", "xsub"): "NTU120_CSub.npz",
+    ("ntu120", "xset"): "NTU120_CSet.npz",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    train: Split
+    test: Split
+    skeleton: str  # the graph the backbone is built for: "ntu" or "ucla"
+    train_transform: Transform | None = None
+    test_transform: Transform | None = None
+
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, T, V, M) of one sample as the model sees it."""
+        x = np.asarray(self.test.x[0])
+        return (self.test_transform(x, None) if self.test_transform else x).shape
+
+
+def load_dataset(data: ConfigDict) -> Dataset:
+    if data.name == "synthetic":
+        return _synthetic(data)
+    if data.name in ("ntu60", "ntu120"):
+        return _ntu(data)
+    raise ValueError(
+        f"data.name={data.name!r} is not a known dataset: choose synthetic, ntu60 or ntu120"
+    )
+
+
+def _synthetic(data: ConfigDict) -> Dataset:
+    train, test = synthetic.make_splits(
+        data.num_train,
+        data.num_test,
+        seed=data.seed,
+        num_classes=data.num_classes,
+        num_frames=data.num_frames,
+    )
+    return Dataset(
+        train=Split(train["x"], train["label"], data.num_classes),
+        test=Split(test["x"], test["label"], data.num_classes),
+        skeleton="ntu",
+    )
+
+
+def _ntu(data: ConfigDict) -> Dataset:
+    from csre_jax.data import transforms  # noqa: PLC0415 (only NTU runs need it)
+
+    key = (data.name, data.benchmark)
+    if key not in NTU_SPLIT_FILES:
+        choices = sorted(b for n, b in NTU_SPLIT_FILES if n == data.name)
+        raise ValueError(f"data.benchmark={data.benchmark!r} for {data.name}: choose {choices}")
+    path = Path(data.root).expanduser() / NTU_SPLIT_FILES[key]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the {data.name} {data.benchmark} split file is missing "
+            f"(config field data.root={data.root!r}). Prepare it from the raw .skeleton files "
+            f"as the README's 'Datasets' section shows, or point --config.data.root at the "
+            f"folder that holds {NTU_SPLIT_FILES[key]}."
+        )
+
+    def transform(train: bool) -> Transform:
+        sample_transform = transforms.ntu_transform(
+            train=train,
+            window=data.num_frames,
+            p_interval=tuple(data.train_p_interval if train else data.test_p_interval),
+            rotate=train and data.random_rotation,
+            stream=data.stream,
+            variant=data.feeder_variant,
+        )
+        return lambda row, rng: sample_transform(transforms.ntu_row_to_sample(row), rng)
+
+    num_classes = 60 if data.name == "ntu60" else 120
+    return Dataset(
+        train=_npz_split(path, "train", num_classes),
+        test=_npz_split(path, "test", num_classes),
+        skeleton="ntu",
+        train_transform=transform(train=True),
+        test_transform=transform(train=False),
+    )
+
+
+def _npz_split(path: Path, split: str, num_classes: int) -> Split:
+    """x_<split> memory-mapped (split files are tens of GB), one-hot y_<split> decoded."""
+    with np.load(path) as npz:
+        missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
+        if missing:
+            raise KeyError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
+        labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
+    return Split(_npz_member_memmap(path, f"x_{split}"), labels, num_classes)
+
+
+def _npz_member_memmap(path: Path, key: str) -> np.ndarray:
+    """A read-only memmap of an uncompressed .npz member; compressed members are loaded."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            with np.load(path) as npz:
+                return npz[key]
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        local_header = f.read(30)
+        name_length = int.from_bytes(local_header[26:28], "little")
+        extra_length = int.from_bytes(local_header[28:30], "little")
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(f)
+        offset = f.tell()
+    order = "F" if fortran_order else "C"
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order=order)

@@ -1,0 +1,112 @@
+"""grain pipelines: the training stream (with its checkpointable position) and the test pass.
+
+Every element is {'x': (C, T, V, M) float32, 'label': int32, 'index': int32}; 'index' is the
+sample's position in its split, which is its memory-bank slot.
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from csre_jax.data.transforms import Transform
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a dataset, random access: sample i is x[i] with label labels[i].
+
+    x may be any indexable array (an np.memmap included); transforms run per sample.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __post_init__(self):
+        if len(self.x) != len(self.labels):
+            raise ValueError(f"{len(self.x)} samples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _SplitSource(grain.sources.RandomAccessDataSource):
+    def __init__(self, split: Split):
+        self._split = split
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {
+            "x": np.asarray(self._split.x[index], np.float32),
+            "label": np.int32(self._split.labels[index]),
+            "index": np.int32(index),
+        }
+
+
+def _apply(transform: Transform | None, element, rng):
+    if transform is None:
+        return element
+    return element | {"x": transform(element["x"], rng).astype(np.float32)}
+
+
+def _process_share(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous rows of a global batch (all of it on one host)."""
+    processes, process = jax.process_count(), jax.process_index()
+    size = len(batch["label"])
+    if size % processes:
+        raise ValueError(f"batch size {size} is not divisible by {processes} processes")
+    rows = slice(process * size // processes, (process + 1) * size // processes)
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def steps_per_epoch(split: Split, global_batch_size: int) -> int:
+    """Full batches per epoch; the remainder is dropped, a different one every epoch."""
+    steps = len(split) // global_batch_size
+    if steps == 0:
+        raise ValueError(
+            f"the training split has {len(split)} samples, fewer than one batch of "
+            f"{global_batch_size}: lower data.batch_size"
+        )
+    return steps
+
+
+def train_dataset(
+    split: Split, *, global_batch_size: int, seed: int, transform: Transform | None = None
+) -> grain.IterDataset:
+    """Endless stream of this process's share of each global batch.
+
+    Each epoch is a fresh permutation of the whole split cut to whole batches (drop_last),
+    then each process keeps its contiguous slice of every global batch. Random transforms
+    draw from grain's per-element generator, so a seed fixes the run, and the iterator's
+    state (a position) is all a checkpoint needs to resume the same next batch.
+    """
+    epoch_length = steps_per_epoch(split, global_batch_size) * global_batch_size
+    ds = grain.MapDataset.source(_SplitSource(split)).seed(seed).shuffle()[:epoch_length]
+    ds = ds.repeat(None).random_map(lambda element, rng: _apply(transform, element, rng))
+    ds = ds.batch(global_batch_size, drop_remainder=True).map(_process_share)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def eval_batches(
+    split: Split, *, batch_size: int, transform: Transform | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """The split in order, as this process's share of global batches of batch_size.
+
+    The last batch is padded (repeating its last sample) so one compiled shape serves the
+    whole pass; 'valid' marks the real samples.
+    """
+
+    def pad(batch):
+        count = len(batch["label"])
+        extra = batch_size - count
+        batch = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in batch.items()}
+        return batch | {"valid": np.arange(batch_size) < count}
+
+    ds = grain.MapDataset.source(_SplitSource(split)).map(lambda e: _apply(transform, e, None))
+    ds = ds.batch(batch_size, drop_remainder=False).map(pad).map(_process_share)
+    yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))

@@ -1,0 +1,38 @@
+"""Logits of a backbone over a whole test split, on the device mesh."""
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from csre_jax.data.pipeline import Split, Transform, eval_batches
+from csre_jax.training import parallel
+
+
+def predict(
+    eval_step: Callable,
+    variables: dict,
+    split: Split,
+    *,
+    batch_size: int,
+    mesh: Mesh,
+    transform: Transform | None = None,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """(len(split), num_classes) float32 logits in split order.
+
+    eval_step is a jitted (variables, x) -> logits; the variables should already be on
+    the mesh (replicated) so each batch moves only its inputs.
+    """
+    outputs = []
+    batches = eval_batches(split, batch_size=batch_size, transform=transform)
+    total = -(-len(split) // batch_size)
+    for local in tqdm(batches, total=total, desc="eval", disable=not show_progress, leave=False):
+        valid = local.pop("valid")
+        logits = eval_step(variables, parallel.global_batch({"x": local["x"]}, mesh)["x"])
+        gathered = jax.experimental.multihost_utils.process_allgather(logits, tiled=True)
+        all_valid = jax.experimental.multihost_utils.process_allgather(valid, tiled=True)
+        outputs.append(np.asarray(gathered)[np.asarray(all_valid)])
+    return np.concatenate(outputs)[: len(split)]

@@ -1,0 +1,83 @@
+"""Per-sample score files, top-k accuracy and weighted multi-stream ensembles.
+
+A score file is an .npz with 'logits' (N, num_classes) float32, 'labels' (N,) int32 and
+'sample_ids' (N,) int64 (the sample's index in its test split), plus string metadata. Two
+score files belong to the same test set only if their labels and sample ids agree.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Share of samples whose label is among the k highest logits."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def save_scores(
+    path: Path, logits: np.ndarray, labels: np.ndarray, metadata: dict[str, str]
+) -> None:
+    """Writes atomically (temporary file, then rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                logits=np.asarray(logits, np.float32),
+                labels=np.asarray(labels, np.int32),
+                sample_ids=np.arange(len(labels), dtype=np.int64),
+                metadata=np.array(json.dumps(metadata)),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_scores(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: score file not found")
+    with np.load(path) as f:
+        missing = {"logits", "labels", "sample_ids"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path}: not a csre-jax score file (missing {sorted(missing)})")
+        return {
+            "logits": f["logits"],
+            "labels": f["labels"],
+            "sample_ids": f["sample_ids"],
+            "metadata": json.loads(str(f["metadata"])) if "metadata" in f.files else {},
+        }
+
+
+def ensemble(paths: Sequence[Path], weights: Sequence[float]) -> dict:
+    """Weighted sum of raw logits over score files of the same test set."""
+    if len(paths) != len(weights):
+        raise ValueError(f"{len(paths)} score files but {len(weights)} weights")
+    runs = [load_scores(p) for p in paths]
+    first = runs[0]
+    for path, run in zip(paths[1:], runs[1:], strict=True):
+        if run["logits"].shape != first["logits"].shape:
+            raise ValueError(
+                f"{path}: scores of shape {run['logits'].shape} do not match "
+                f"{paths[0]} ({first['logits'].shape}); they are not the same test set"
+            )
+        same = np.array_equal(run["labels"], first["labels"]) and np.array_equal(
+            run["sample_ids"], first["sample_ids"]
+        )
+        if not same:
+            raise ValueError(
+                f"{path}: labels or sample order differ from {paths[0]}; "
+                f"they are not the same test set"
+            )
+    fused = sum(w * run["logits"].astype(np.float64) for w, run in zip(weights, runs, strict=True))
+    return {"logits": fused, "labels": first["labels"]}

@@ -1,0 +1,260 @@
+"""Training from a config: build everything once, then epochs of jitted steps.
+
+Evaluation every `eval_every_epochs`, the latest state checkpointed every epoch (and every
+`checkpoint_every_steps`), the best backbone kept for eval.py, and finally the best model's
+test scores written to workdir/scores/.
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from csre_jax import models
+from csre_jax.csre.bank import create_bank
+from csre_jax.csre.loss import ContrastConfig
+from csre_jax.csre.model import ContrastiveClassifier
+from csre_jax.data.datasets import Dataset, load_dataset
+from csre_jax.data.pipeline import steps_per_epoch, train_dataset
+from csre_jax.evaluate.predict import predict
+from csre_jax.evaluate.scores import save_scores, topk_accuracy
+from csre_jax.training import optimizer, parallel
+from csre_jax.training.checkpoint import Checkpointer
+from csre_jax.training.metrics import MetricWriter, mean_metrics
+from csre_jax.training.state import TrainState
+from csre_jax.training.step import make_eval_step, make_train_step
+
+
+def bank_names(csre: ConfigDict) -> tuple[str, ...]:
+    """config.csre.banks is 'none' or names joined by '+', e.g. 'spatial+temporal'."""
+    return () if csre.banks in ("", "none") else tuple(csre.banks.split("+"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a config determines, built once."""
+
+    config: ConfigDict
+    dataset: Dataset
+    backbone: nn.Module
+    model: ContrastiveClassifier
+    mesh: jax.sharding.Mesh
+    steps_per_epoch: int
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.num_epochs * self.steps_per_epoch
+
+
+def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
+    """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
+    dataset = dataset or load_dataset(config.data)
+    mesh = parallel.make_mesh(config.num_devices or None)
+    for name in ("batch_size", "eval_batch_size"):
+        if config.data[name] % mesh.size:
+            raise ValueError(
+                f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
+            )
+    backbone = models.create_model(
+        config.model.name,
+        num_classes=dataset.train.num_classes,
+        dataset=dataset.skeleton,
+        **config.model.kwargs,
+    )
+    model = ContrastiveClassifier(
+        backbone, bank_names(config.csre), config.csre.dim, config.csre.reduction
+    )
+    steps = steps_per_epoch(dataset.train, config.data.batch_size)
+    schedule = optimizer.epoch_schedule(
+        config.optim.base_lr,
+        steps_per_epoch=steps,
+        warmup_epochs=config.optim.warmup_epochs,
+        milestones=config.optim.milestones,
+        decay=config.optim.decay,
+    )
+    tx = optimizer.sgd(
+        schedule,
+        momentum=config.optim.momentum,
+        nesterov=config.optim.nesterov,
+        weight_decay=config.optim.weight_decay,
+    )
+    return Experiment(config, dataset, backbone, model, mesh, steps, schedule, tx)
+
+
+def init_state(exp: Experiment) -> TrainState:
+    """Fresh parameters, empty banks (one slot per training sample), placed on the mesh."""
+    rng = jax.random.key(exp.config.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    sample = jnp.zeros((1, *exp.dataset.input_shape()), jnp.float32)
+    variables = exp.model.init({"params": init_rng, "dropout": init_rng}, sample, train=False)
+    slot_labels = exp.dataset.train.labels
+    banks = {
+        name: create_bank(slot_labels, exp.config.csre.dim, pad_to_multiple=exp.mesh.size)
+        for name in exp.model.banks
+    }
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=exp.tx.init(variables["params"]),
+        banks=banks,
+        rng=state_rng,
+    )
+    return jax.device_put(state, parallel.state_sharding(state, exp.mesh))
+
+
+def _contrast_config(csre: ConfigDict) -> ContrastConfig:
+    return ContrastConfig(
+        num_positives=csre.num_positives,
+        num_negatives=csre.num_negatives,
+        temperature=csre.temperature,
+        positive_sampling=csre.positive_sampling,
+        negative_sampling=csre.negative_sampling,
+    )
+
+
+def compile_steps(exp: Experiment, state: TrainState):
+    """The jitted train step (state donated, banks kept row-sharded) and eval step."""
+    shardings = parallel.state_sharding(state, exp.mesh)
+    train_step = jax.jit(
+        make_train_step(
+            exp.model,
+            exp.tx,
+            exp.schedule,
+            _contrast_config(exp.config.csre),
+            exp.config.csre.weight,
+        ),
+        in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
+        out_shardings=(shardings, parallel.replicated(exp.mesh)),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(exp.backbone),
+        in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
+        out_shardings=parallel.replicated(exp.mesh),
+    )
+    return train_step, eval_step
+
+
+def evaluate(exp: Experiment, eval_step, variables) -> tuple[np.ndarray, dict[str, float]]:
+    """Test logits and top-1/top-5 (in %) of backbone variables."""
+    logits = predict(
+        eval_step,
+        variables,
+        exp.dataset.test,
+        batch_size=exp.config.data.eval_batch_size,
+        mesh=exp.mesh,
+        transform=exp.dataset.test_transform,
+    )
+    labels = exp.dataset.test.labels
+    return logits, {
+        "top1": 100 * topk_accuracy(logits, labels, 1),
+        "top5": 100 * topk_accuracy(logits, labels, 5),
+    }
+
+
+def _write_config(config: ConfigDict, workdir: Path) -> None:
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
+    """Trains (resuming from workdir if it holds a checkpoint); returns the best eval metrics.
+
+    The best model's test scores are written to workdir/scores/test_scores.npz whenever
+    an evaluation improves on the best so far.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = build(config)
+    _write_config(config, workdir)
+    state = init_state(exp)
+    train_step, eval_step = compile_steps(exp, state)
+    batches = iter(
+        train_dataset(
+            exp.dataset.train,
+            global_batch_size=config.data.batch_size,
+            seed=config.seed,
+            transform=exp.dataset.train_transform,
+        )
+    )
+    checkpointer = Checkpointer(workdir)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)
+    writer = MetricWriter(workdir)
+    best = checkpointer.best_metrics()
+    step = int(jax.device_get(state.step))
+    window, epoch_history, tick = [], [], time.perf_counter()
+    with tqdm(
+        total=exp.total_steps, initial=step, desc="train", disable=jax.process_index() != 0
+    ) as bar:
+        while step < exp.total_steps:
+            state, metrics = train_step(state, parallel.global_batch(next(batches), exp.mesh))
+            step += 1
+            window.append(metrics)
+            epoch_end = step % exp.steps_per_epoch == 0
+            if step % config.log_every_steps == 0 or epoch_end:
+                values = mean_metrics(window)
+                now = time.perf_counter()
+                values["samples_per_second"] = len(window) * config.data.batch_size / (now - tick)
+                writer.write("train_step", step, values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.2f}")
+                epoch_history += window
+                window, tick = [], now
+            bar.update(1)
+            if epoch_end:
+                epoch = step // exp.steps_per_epoch
+                values = mean_metrics(epoch_history) | {"epoch": epoch}
+                epoch_history = []
+                if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
+                    variables = state.backbone_variables()
+                    logits, scores = evaluate(exp, eval_step, variables)
+                    values |= {f"test_{k}": v for k, v in scores.items()}
+                    if best is None or scores["top1"] > best["top1"]:
+                        best = scores | {"epoch": epoch}
+                        checkpointer.save_best(step, variables, best)
+                        save_test_scores(
+                            exp,
+                            logits,
+                            scores["top1"],
+                            workdir / "scores" / "test_scores.npz",
+                            f"{workdir / 'best'} step {step}",
+                        )
+                    bar.write(
+                        f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
+                        f"(best {best['top1']:.2f}% at epoch {best['epoch']})"
+                    )
+                writer.write("epoch", step, values)
+                checkpointer.save(state, batches)
+                tick = time.perf_counter()
+            elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+                checkpointer.save(state, batches)
+    checkpointer.wait()
+    checkpointer.close()
+    multihost_utils.sync_global_devices("train_and_evaluate done")
+    return best or {}
+
+
+def save_test_scores(exp: Experiment, logits: np.ndarray, top1: float, path: Path, source: str):
+    """The per-sample score file of one evaluation (process 0 writes it)."""
+    if jax.process_index() == 0:
+        data = exp.config.data
+        metadata = {
+            "dataset": data.name,
+            "benchmark": data.get("benchmark", ""),
+            "stream": data.get("stream", "joint"),
+            "model": exp.config.model.name,
+            "checkpoint": source,
+            "top1": top1,
+        }
+        save_scores(path, logits, exp.dataset.test.labels, metadata)

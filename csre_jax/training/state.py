@@ -1,0 +1,25 @@
+"""The whole train state as one pytree: what a checkpoint must hold to resume exactly."""
+
+from typing import Any
+
+import jax
+from flax import struct
+
+from csre_jax.csre.bank import MemoryBank
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    banks: dict[str, MemoryBank]
+    rng: jax.Array
+
+    def backbone_variables(self) -> dict[str, Any]:
+        """What evaluation needs: the backbone without the training-only heads."""
+        return {
+            "params": self.params["backbone"],
+            "batch_stats": self.batch_stats.get("backbone", {}),
+        }

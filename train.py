@@ -1,0 +1,35 @@
+"""Trains a backbone with CSRE from a config file.
+
+  python train.py --config=configs/synthetic.py --workdir=runs/synthetic
+  python train.py --config=configs/ctrgcn_ntu120.py:xset,bone --workdir=runs/ntu120_xset_bone \
+      --config.csre.temperature=0.5
+
+Re-running with the same --workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from csre_jax.cli import parse_flags
+from csre_jax.training.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and scores.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if best:
+        print(
+            f"best test top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) "
+            f"at epoch {best['epoch']}; scores in {_WORKDIR.value}/scores/test_scores.npz"
+        )
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=parse_flags)
