@@ -1,13 +1,14 @@
 """Train-step time of CTR-GCN with and without CSRE, on NTU-shaped batches.
 
-  python benchmarks/step_time.py                       # official sizes: batch 64, 64 frames
-  python benchmarks/step_time.py --batch 16 --slots 63026 --base-channels 64
+  python -m benchmarks.step_time                       # official sizes: batch 64, 64 frames
+  python -m benchmarks.step_time --batch 16 --slots 63026 --base-channels 64
 
 Both variants are built and timed side by side in one process, on the same random batches.
 The 'with CSRE' step includes STFD, both bank writes, similarities, selection and the loss.
 """
 
 import argparse
+import resource
 import time
 
 import jax
@@ -96,6 +97,8 @@ def main():
         )
     base, csre = results["without CSRE"][0], results["with CSRE"][0]
     print(f"CSRE overhead: {100 * (csre - base) / base:+.1f}%")
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak host memory of the process: {peak_gib:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -187,3 +187,10 @@ def test_info_nce_equals_the_explicit_row_loop():
                     logits = np.concatenate([[sims[i, p]], sims[i, neg[i]]]) / 0.5
                     rows.append(np.logaddexp.reduce(logits.astype(np.float64)) - logits[0])
         np.testing.assert_allclose(float(got[i]), np.mean(rows), rtol=1e-5)
+
+
+def test_a_bank_smaller_than_the_sample_counts_is_refused_clearly():
+    bank = create_bank(np.arange(100) % 5, 8)
+    feats = jnp.ones((2, 8))
+    with pytest.raises(ValueError, match="100 slots .* 512 negatives .* csre.num_negatives"):
+        bank_loss(feats, jnp.array([0, 1]), jnp.array([0, 1]), bank, jax.random.key(0))

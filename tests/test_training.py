@@ -1,5 +1,6 @@
 """End-to-end training on a tiny synthetic config: learning, exact resume, clear errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,14 @@ def _latest_state(workdir: Path) -> dict:
     return jax.tree.map(to_host, restored.state)
 
 
-def test_tiny_run_learns_and_writes_everything(tmp_path):
-    best = loop.train_and_evaluate(tiny_config(), tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    return workdir, loop.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_tiny_run_learns_and_writes_everything(tiny_run):
+    tmp_path, best = tiny_run
     steps = read_metrics(tmp_path, "train_step")
     assert len(steps) == 3 * (96 // 16)
     first, last = steps[0], steps[-1]
@@ -107,6 +114,33 @@ def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypa
         assert record["loss"] == pytest.approx(after[record["step"]], rel=1e-6)
 
 
+def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp_path):
+    workdir, best = tiny_run
+    output = tmp_path / "rescored.npz"
+    result = _run("eval.py", f"--workdir={workdir}", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"top-1 {best['top1']:.2f}%" in result.stdout
+    rescored, during_training = np.load(output), np.load(workdir / "scores" / "test_scores.npz")
+    np.testing.assert_allclose(rescored["logits"], during_training["logits"], rtol=1e-5, atol=1e-5)
+
+    result = _run("eval.py", f"--ensemble={output},{output}", "--weights=1,0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"ensemble (weights [1.0, 0.5]): top-1 {best['top1']:.2f}%" in result.stdout
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs an entry point as a user would; it shares the session's compilation cache."""
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
 def test_missing_dataset_names_the_file_and_the_fix(tmp_path):
     from configs import ctrgcn_ntu120
 
@@ -127,19 +161,7 @@ def test_missing_dataset_names_the_file_and_the_fix(tmp_path):
     ],
 )
 def test_unknown_config_key_is_named(tmp_path, override, expected):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config=configs/synthetic.py",
-            f"--workdir={tmp_path}",
-            override,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run("train.py", "--config=configs/synthetic.py", f"--workdir={tmp_path}", override)
     assert result.returncode == 2
     assert expected in result.stderr
     assert "temperature" in result.stderr or "csre" in result.stderr  # lists the valid fields

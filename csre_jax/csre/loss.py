@@ -154,6 +154,13 @@ def bank_loss(
       (loss, updated bank, metrics). The loss is the mean over rows of all valid anchors
       and exactly 0 when no anchor is valid (then it has no gradient).
     """
+    largest = max(config.num_positives, config.num_negatives)
+    if bank.num_slots < largest:
+        raise ValueError(
+            f"the bank has {bank.num_slots} slots (one per training sample) but the loss asks "
+            f"for {config.num_positives} positives and {config.num_negatives} negatives per "
+            f"anchor: lower csre.num_positives / csre.num_negatives below the training-set size"
+        )
     queries = normalize(features)
     bank = write(bank, indices, queries)  # write first: self and batch-mates are in the pools
     similarity = jnp.dot(queries, bank.features.T, precision=jax.lax.Precision.HIGHEST)
