@@ -1,0 +1,182 @@
+"""NTU preparation against the official outputs on real and planted-noise raw files."""
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csre_jax.data import ntu_prepare
+from csre_jax.data.ntu_raw import SkeletonFormatError, read_skeleton
+
+FRAMES = {  # from data/ntu/PROVENANCE.md
+    "S001C001P001R001A001": 103,
+    "S001C001P001R001A011": 82,
+    "S001C003P008R002A058": 70,
+    "S002C001P003R001A003": 100,
+    "S003C001P015R001A034": 71,
+    "S004C002P003R001A017": 124,
+}
+SPLIT_FILES = ("NTU60_CS", "NTU60_CV", "NTU120_CSub", "NTU120_CSet")
+
+
+@pytest.fixture(scope="module")
+def raw_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "ntu" / "raw_samples"
+
+
+def test_parser_reads_all_raw_samples(raw_dir):
+    for name, frames in FRAMES.items():
+        skeleton = read_skeleton(raw_dir / f"{name}.skeleton")
+        assert skeleton.name == name and skeleton.num_frames == frames
+        assert len(skeleton.bodies) == (2 if name.endswith("A058") else 1)
+        for body in skeleton.bodies.values():
+            assert body.joints.shape == (body.num_frames, 25, 3)
+            assert body.colors.shape == (body.num_frames, 25, 2)
+
+
+def test_parser_matches_official_npy_and_reads_lf(raw_dir, tmp_path):
+    path = raw_dir / "S001C001P001R001A001.skeleton"
+    official = np.load(f"{path}.npy", allow_pickle=True).item()  # txt2npy.py: a pickled dict
+    skeleton = read_skeleton(path)
+    (body,) = skeleton.bodies.values()
+    assert official["file_name"] == skeleton.name and official["nbodys"] == [1] * 103
+    np.testing.assert_array_equal(body.joints, official["skel_body0"])  # exact, float64
+    lf_copy = tmp_path / path.name
+    lf_copy.write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+    np.testing.assert_array_equal(
+        next(iter(read_skeleton(lf_copy).bodies.values())).joints, body.joints
+    )
+
+
+def test_two_person_sample(raw_dir):
+    joints, report = ntu_prepare.denoise(read_skeleton(raw_dir / "S001C003P008R002A058.skeleton"))
+    assert joints.shape == (70, 150) and len(report["actors"][1]) == 1
+    assert (joints[:, :75] != 0).any(axis=1).all() and (joints[:, 75:] != 0).any(axis=1).all()
+    x = ntu_prepare.transform_and_pad([joints], "ntu120")
+    np.testing.assert_allclose(x[0, 0, 3:6], 0)  # centred on actor 1's spine mid
+    assert not np.array_equal(x[0, :, :75], x[0, :, 75:])  # two actors, not a duplicate
+
+
+def test_truncated_file_names_file_and_line(raw_dir, tmp_path):
+    lines = (raw_dir / "S001C001P001R001A011.skeleton").read_bytes().split(b"\r\n")
+    truncated = tmp_path / "S001C001P001R001A011.skeleton"
+    truncated.write_bytes(b"\r\n".join(lines[:56] + [b" ".join(lines[56].split()[:5])]))
+    with pytest.raises(SkeletonFormatError, match="expected 12 joint values, found 5") as err:
+        read_skeleton(truncated)
+    assert str(err.value).startswith("S001C001P001R001A011.skeleton line 57:")
+    truncated.write_bytes(b"\r\n".join(lines[:30]))
+    with pytest.raises(SkeletonFormatError, match="line 31: .*found end of file"):
+        read_skeleton(truncated)
+
+
+@pytest.fixture(scope="module", params=["ntu_pipeline", "ntu_pipeline_noisy"])
+def prepared(request, shared_dir, tmp_path_factory):
+    """Both datasets prepared by the CLI code from one fixture folder's raw files."""
+    fixture = shared_dir / "fixtures" / request.param
+    raw_dirs = [shared_dir / "data" / "ntu" / "raw_samples"]
+    if (fixture / "raw").is_dir():
+        raw_dirs.append(fixture / "raw")
+    out = tmp_path_factory.mktemp(request.param)
+    reports = {
+        dataset: ntu_prepare.prepare(dataset, raw_dirs, out) for dataset in ("ntu60", "ntu120")
+    }
+    return fixture, out, reports
+
+
+def test_denoised_samples_match_official(prepared):
+    fixture, out, _ = prepared
+    for dataset_file in ("ntu_denoised_joints", "ntu120_denoised_joints"):
+        official = np.load(fixture / f"{dataset_file}.npz")
+        names = [key for key in official.files if key != "frames_cnt"]
+        frames = [np.load(out / "cache" / f"{name}.npy").shape[0] for name in names]
+        np.testing.assert_array_equal(frames, official["frames_cnt"])
+        for name in names:
+            np.testing.assert_array_equal(np.load(out / "cache" / f"{name}.npy"), official[name])
+
+
+def test_split_files_match_official(prepared):
+    fixture, out, reports = prepared
+    assert reports["ntu120"]["from_cache"] == reports["ntu60"]["samples"]  # cache shared
+    for split in SPLIT_FILES:
+        official, ours = np.load(fixture / f"{split}.npz"), np.load(out / f"{split}.npz")
+        assert sorted(ours.files) == sorted(official.files)
+        with zipfile.ZipFile(out / f"{split}.npz") as archive:  # stored: loaders memory-map it
+            assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+        for key in official.files:
+            assert ours[key].dtype == official[key].dtype and ours[key].shape == official[key].shape
+            if key.startswith("x"):
+                np.testing.assert_allclose(ours[key], official[key], rtol=0, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(ours[key], official[key])
+
+
+def test_planted_noise_is_reported(prepared):
+    fixture, _, reports = prepared
+    repaired = reports["ntu120"]["repaired"]
+    if fixture.name == "ntu_pipeline":
+        assert repaired == {}
+        return
+    first = repaired["S005C001P002R001A008"]
+    assert first["frames_dropped_empty"] == [0, 1, 2]
+    removed = {body["body"]: body for body in first["bodies_removed"]}
+    assert removed["999"]["rule"] == "length" and removed["999"]["frames"] == 8
+    assert round(removed["999"]["motion"], 3) == 0.165
+    assert removed["888"]["rule"] == "spread" and removed["888"]["noisy_ratio"] == 1.0
+    assert round(removed["888"]["motion"], 3) == 0.894
+    assert repaired["S006C002P006R002A050"]["bodies_dropped_overlap"] == ["777"]
+
+
+COUNTS = {
+    "CS": (40091, 16487),
+    "CV": (37646, 18932),
+    "CSub": (63026, 50919),
+    "CSet": (54468, 59477),
+}
+
+
+@pytest.mark.parametrize("dataset", ["ntu60", "ntu120"])
+def test_split_rules_reproduce_official_counts(shared_dir, dataset):
+    statistics = shared_dir / "data" / ("ntu" if dataset == "ntu60" else "ntu120") / "statistics"
+    names = (statistics / "skes_available_name.txt").read_text().split()
+    missing = ntu_prepare.missing_skeletons(dataset)
+    assert len(names) + len(missing) == {"ntu60": 56880, "ntu120": 114480}[dataset]
+    assert names == sorted(names) and not missing & set(names)
+    for field in ("setup", "camera", "performer", "replication"):
+        expected = np.loadtxt(statistics / f"{field}.txt", dtype=np.int64)
+        np.testing.assert_array_equal(ntu_prepare.name_field(names, field), expected)
+    performer = ntu_prepare.name_field(names, "performer")
+    for benchmark in ntu_prepare.DATASETS[dataset][0]:
+        train, test = ntu_prepare.split_indices(names, benchmark)
+        assert (len(train), len(test)) == COUNTS[benchmark]
+        assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(names)))
+        if benchmark in ("CS", "CSub"):  # id by id in the listed order, names sorted within
+            assert performer[train[0]] == 1 and performer[test[0]] == 3
+            assert np.all(np.diff(train[performer[train] == 38]) > 0)
+
+
+def test_cli_reports_corrupt_file_and_resumes_from_cache(raw_dir, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for name in ("S001C001P001R001A001", "S001C003P008R002A058", "S002C001P003R001A003"):
+        shutil.copy(raw_dir / f"{name}.skeleton", raw)
+    lines = (raw_dir / "S001C001P001R001A011.skeleton").read_bytes().split(b"\r\n")
+    (raw / "S001C001P001R001A011.skeleton").write_bytes(b"\r\n".join(lines[:100]))
+    (raw / "S001C002P005R002A008.skeleton").write_text("listed as missing: never read")
+
+    assert ntu_prepare.main(["ntu60", "--raw", str(raw), "--out", str(out)]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["errors"]) == ["S001C001P001R001A011"]
+    assert "S001C001P001R001A011.skeleton line 101" in report["errors"]["S001C001P001R001A011"]
+    assert report["skipped_missing"] == ["S001C002P005R002A008"]
+    assert (report["samples"], report["processed"], report["t_max"]) == (3, 3, 103)
+    with np.load(out / "NTU60_CV.npz") as split:
+        assert split["x_test"].shape == (2, 103, 150) and split["x_train"].shape == (1, 103, 150)
+
+    (raw / "S001C001P001R001A001.skeleton").write_text("garbage")  # cached: must not be read
+    assert ntu_prepare.main(["ntu60", "--raw", str(raw), "--out", str(out)]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert (report["processed"], report["from_cache"]) == (0, 3)
+    assert list(report["errors"]) == ["S001C001P001R001A011"]
