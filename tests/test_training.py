@@ -168,10 +168,14 @@ def test_unknown_config_key_is_named(tmp_path, override, expected):
 
 
 def test_config_arguments_pick_benchmark_and_stream():
-    from configs import ctrgcn_ntu60, ctrgcn_ntu120
+    from configs import ctrgcn_ntu60, ctrgcn_ntu120, ctrgcn_ucla
 
     config = ctrgcn_ntu120.get_config("xset,bone_motion")
     assert (config.data.benchmark, config.data.stream) == ("xset", "bone_motion")
     assert ctrgcn_ntu60.get_config(None).data.benchmark == "xsub"
     with pytest.raises(ValueError, match="unknown config argument 'xset'"):
         ctrgcn_ntu60.get_config("xset")
+    ucla = ctrgcn_ucla.get_config("bone")
+    assert (ucla.data.name, ucla.data.stream, ucla.data.batch_size) == ("ucla", "bone", 16)
+    with pytest.raises(ValueError, match="unknown config argument 'xsub'"):
+        ctrgcn_ucla.get_config("xsub")

@@ -41,8 +41,10 @@ def load_dataset(data: ConfigDict) -> Dataset:
         return _synthetic(data)
     if data.name in ("ntu60", "ntu120"):
         return _ntu(data)
+    if data.name == "ucla":
+        return _ucla(data)
     raise ValueError(
-        f"data.name={data.name!r} is not a known dataset: choose synthetic, ntu60 or ntu120"
+        f"data.name={data.name!r} is not a known dataset: choose synthetic, ntu60, ntu120 or ucla"
     )
 
 
@@ -95,6 +97,27 @@ def _ntu(data: ConfigDict) -> Dataset:
         skeleton="ntu",
         train_transform=transform(train=True),
         test_transform=transform(train=False),
+    )
+
+
+def _ucla(data: ConfigDict) -> Dataset:
+    """NW-UCLA from CTR-GCN's JSON clips; the training list is repeated (bank slot i is
+    clip i mod 1,020), as the official feeder does."""
+    from csre_jax.data import transforms, ucla  # noqa: PLC0415 (only NW-UCLA runs need it)
+
+    train_clips, train_labels = ucla.repeat_train(*ucla.load_split(data.root, "train"))
+    test_clips, test_labels = ucla.load_split(data.root, "val")
+    num_classes = 10
+    return Dataset(
+        train=Split(train_clips, train_labels, num_classes),
+        test=Split(test_clips, test_labels, num_classes),
+        skeleton="ucla",
+        train_transform=transforms.ucla_transform(
+            train=True, stream=data.stream, variant=data.feeder_variant
+        ),
+        test_transform=transforms.ucla_transform(
+            train=False, stream=data.stream, variant=data.feeder_variant
+        ),
     )
 
 

@@ -5,7 +5,7 @@ sample's position in its split, which is its memory-bank slot.
 """
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grain
 import jax
@@ -18,10 +18,11 @@ from csre_jax.data.transforms import Transform
 class Split:
     """One split of a dataset, random access: sample i is x[i] with label labels[i].
 
-    x may be any indexable array (an np.memmap included); transforms run per sample.
+    x is an array (an np.memmap included) or a list of variable-length clips; transforms run
+    per sample and give every sample the same shape.
     """
 
-    x: np.ndarray
+    x: np.ndarray | Sequence[np.ndarray]
     labels: np.ndarray
     num_classes: int
 

@@ -1,0 +1,87 @@
+"""NW-UCLA clips in the official (CTR-GCN / CSRE feeder) cross-view split and order.
+
+The split lists ship with the package (nw_ucla_split.json: [file stem, 0-based label] per
+entry, train = views 1 and 2, 1,020 clips; val = view 3, 464 clips). The clips themselves are
+CTR-GCN's preprocessed `all_sqe/<stem>.json` files, read with `transforms.load_ucla_clip`.
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from csre_jax.data.transforms import load_ucla_clip
+
+SPLITS = ("train", "val")
+CLIP_FOLDER = "all_sqe"
+SPLIT_FILE = Path(__file__).with_name("nw_ucla_split.json")
+FIX = (
+    "download CTR-GCN's NW-UCLA all_sqe folder and point --config.data.root at the folder "
+    "that holds all_sqe/"
+)
+
+TRAIN_REPEAT = 5
+"""The official training repeat: the UCLA training set is listed 5 times per epoch.
+
+The training dataset has 5 x 1,020 = 5,100 entries and entry (memory-bank slot) i is clip
+i mod 1020 of the official train list, so each epoch visits every clip 5 times with
+independent augmentations and the memory bank has 5,100 slots. Validation is not repeated.
+"""
+
+
+@cache
+def _split_lists() -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    with open(SPLIT_FILE, encoding="utf-8") as f:
+        raw = json.load(f)
+    return {s: (tuple(e[0] for e in raw[s]), tuple(int(e[1]) for e in raw[s])) for s in SPLITS}
+
+
+def split_entries(split: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """The official (file stems, 0-based int32 labels) of "train" or "val", in order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown NW-UCLA split {split!r}; expected one of {SPLITS}")
+    stems, labels = _split_lists()[split]
+    return stems, np.asarray(labels, dtype=np.int32)
+
+
+def clip_dir(root: str | Path) -> Path:
+    """The folder holding the clip JSONs: root/all_sqe, or root itself if it is all_sqe."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"NW-UCLA data folder {root} (config field data.root) does not exist; {FIX}"
+        )
+    sub = root / CLIP_FOLDER
+    return sub if sub.is_dir() else root
+
+
+def load_split(root: str | Path, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """All clips of `split` ("train" or "val") in official order: ([(F, 20, 3) float32], labels).
+
+    Labels are int32 and 0-based. A missing root or clip raises FileNotFoundError naming the
+    path, the config field data.root and the fix.
+    """
+    stems, labels = split_entries(split)
+    folder = clip_dir(root)
+    paths = [folder / f"{stem}.json" for stem in stems]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        count = f"; {len(missing)} of the {len(paths)} {split} clips are missing"
+        raise FileNotFoundError(
+            f"NW-UCLA clip {missing[0]} not found (config field data.root={root}"
+            f"{count if len(missing) > 1 else ''}); {FIX}"
+        )
+    clips = [load_ucla_clip(p).astype(np.float32) for p in paths]
+    return clips, labels
+
+
+def repeat_train(
+    clips: list[np.ndarray], labels: np.ndarray, times: int = TRAIN_REPEAT
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The training set repeated `times` times: entry i is clip i mod len(clips)."""
+    if times < 1:
+        raise ValueError(f"repeat times must be >= 1, got {times}")
+    if len(clips) != len(labels):
+        raise ValueError(f"{len(clips)} clips but {len(labels)} labels")
+    return list(clips) * times, np.tile(np.asarray(labels, dtype=np.int32), times)
