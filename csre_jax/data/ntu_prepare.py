@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csre_jax.data.ntu_raw import RawSkeleton, read_skeleton
+from csre_jax.fileio import atomic_write
 
 # Denoising thresholds of the official script (the motion filter there is disabled, so absent).
 LENGTH_THRESHOLD = 11
@@ -212,15 +212,16 @@ def save_npz(path: Path, members: dict[str, tuple[tuple, np.dtype, Iterable[np.n
 
     The full NTU120 tensors (about 20 GB) never sit in memory; the file appears atomically.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with (
+        atomic_write(path) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
         for key, (shape, dtype, blocks) in members.items():
             with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "shape": shape}
                 np.lib.format.write_array_header_1_0(member, header | {"fortran_order": False})
                 for block in blocks:
                     member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------- CLI
@@ -231,10 +232,8 @@ def _cache_paths(cache: Path, name: str) -> tuple[Path, Path]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def _process(job: tuple[str, Path, Path]) -> tuple[str, str | None]:

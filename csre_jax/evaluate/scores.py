@@ -6,12 +6,12 @@ score files belong to the same test set only if their labels and sample ids agre
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from csre_jax.fileio import atomic_write
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -24,23 +24,15 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 def save_scores(
     path: Path, logits: np.ndarray, labels: np.ndarray, metadata: dict[str, str]
 ) -> None:
-    """Writes atomically (temporary file, then rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                logits=np.asarray(logits, np.float32),
-                labels=np.asarray(labels, np.int32),
-                sample_ids=np.arange(len(labels), dtype=np.int64),
-                metadata=np.array(json.dumps(metadata)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes atomically: a crash never leaves half a file."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            logits=np.asarray(logits, np.float32),
+            labels=np.asarray(labels, np.int32),
+            sample_ids=np.arange(len(labels), dtype=np.int64),
+            metadata=np.array(json.dumps(metadata)),
+        )
 
 
 def load_scores(path: Path) -> dict:
