@@ -12,6 +12,7 @@ import pytest
 
 from configs import synthetic
 from csre_jax.training import loop
+from csre_jax.training.checkpoint import restore_variables
 from csre_jax.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +127,22 @@ def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp
     result = _run("eval.py", f"--ensemble={output},{output}", "--weights=1,0.5")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"ensemble (weights [1.0, 0.5]): top-1 {best['top1']:.2f}%" in result.stdout
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_its_path(tiny_run):
+    workdir, _ = tiny_run
+    variables, step = restore_variables(workdir / "best", _backbone_template(8))
+    assert step > 0 and variables["params"]
+    with pytest.raises(ValueError, match=r"best/\d+: the checkpoint's parameters do not fit"):
+        restore_variables(workdir / "best", _backbone_template(16))
+
+
+def _backbone_template(width: int) -> dict:
+    config = tiny_config()
+    config.model.kwargs.base_channels = width
+    exp = loop.build(config)
+    x = np.zeros((1, *exp.dataset.input_shape()), np.float32)
+    return jax.eval_shape(exp.backbone.init, jax.random.key(0), x)
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:

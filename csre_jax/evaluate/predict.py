@@ -2,8 +2,8 @@
 
 from collections.abc import Callable
 
-import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -32,7 +32,7 @@ def predict(
     for local in tqdm(batches, total=total, desc="eval", disable=not show_progress, leave=False):
         valid = local.pop("valid")
         logits = eval_step(variables, parallel.global_batch({"x": local["x"]}, mesh)["x"])
-        gathered = jax.experimental.multihost_utils.process_allgather(logits, tiled=True)
-        all_valid = jax.experimental.multihost_utils.process_allgather(valid, tiled=True)
+        gathered = multihost_utils.process_allgather(logits, tiled=True)
+        all_valid = multihost_utils.process_allgather(valid, tiled=True)
         outputs.append(np.asarray(gathered)[np.asarray(all_valid)])
     return np.concatenate(outputs)[: len(split)]

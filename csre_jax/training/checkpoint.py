@@ -14,7 +14,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from csre_jax.training.state import TrainState
+from csre_jax.training.state import TrainState, backbone_variables
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -111,12 +111,9 @@ class Checkpointer:
 def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
     """Backbone variables from a run's best/ folder, or from a full state in checkpoints/.
 
-    `directory` is a workdir (its best model is used) or a checkpoints/ or best/ folder.
     Returns (variables, step).
     """
     directory = Path(directory).absolute()
-    if (directory / "best").is_dir():
-        directory = directory / "best"
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint folder here; pass a run's --workdir")
     item = "variables" if directory.name == "best" else "state"
@@ -126,19 +123,13 @@ def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
             raise FileNotFoundError(f"{directory}: holds no finished checkpoint")
         if item == "state":
             raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-            saved = raw.state
-            variables = {
-                "params": saved["params"]["backbone"],
-                "batch_stats": saved["batch_stats"].get("backbone", {}),
-            }
+            variables = backbone_variables(raw.state["params"], raw.state["batch_stats"])
         else:
             raw = manager.restore(
                 step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
             )
             variables = raw.variables
-    expected = jax.tree.map(lambda x: x.shape, target)
-    got = jax.tree.map(lambda x: x.shape, variables)
-    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+    if jax.tree.map(lambda x: x.shape, target) != jax.tree.map(lambda x: x.shape, variables):
         raise ValueError(
             f"{directory / str(step)}: the checkpoint's parameters do not fit the configured "
             f"model (shapes differ, e.g. another dataset, class count or width). Evaluate it "

@@ -18,8 +18,9 @@ class TrainState:
     rng: jax.Array
 
     def backbone_variables(self) -> dict[str, Any]:
-        """What evaluation needs: the backbone without the training-only heads."""
-        return {
-            "params": self.params["backbone"],
-            "batch_stats": self.batch_stats.get("backbone", {}),
-        }
+        return backbone_variables(self.params, self.batch_stats)
+
+
+def backbone_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """What evaluation needs: the backbone without the training-only heads."""
+    return {"params": params["backbone"], "batch_stats": batch_stats.get("backbone", {})}
