@@ -114,14 +114,14 @@ def test_unknown_names_list_the_known_ones():
 )
 def test_parameter_count_matches_official(dataset, num_classes, expected):
     model = models.create_model("ctrgcn", num_classes=num_classes, dataset=dataset)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), models.example_input(model, dataset))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **models.example_inputs(model, dataset))
     assert _count(shapes["params"]) == expected
 
 
 def test_exported_keys_are_the_official_listing(shared_dir):
     """Every variable maps onto the official UCLA state_dict, key for key, shape for shape."""
     model = models.create_model("ctrgcn", num_classes=10, dataset="ucla")
-    shapes = jax.eval_shape(model.init, jax.random.key(0), models.example_input(model, "ucla"))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **models.example_inputs(model, "ucla"))
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     exported = torch_io.state_dict_from_variables(zeros, ctrgcn.torch_key)
     listing = json.loads((shared_dir / "spec" / "state_dicts" / "ctrgcn_ucla.json").read_text())

@@ -4,8 +4,6 @@ Module names mirror the official PyTorch attributes (see layers.py) so torch_key
 almost the identity.
 """
 
-import math
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -14,9 +12,10 @@ from csre_jax.models.layers import (
     MSTCN,
     BatchNorm,
     UnitTCN,
+    check_input,
+    classify,
     data_batch_norm,
     pointwise,
-    torch_default_bias,
 )
 
 NUM_SUBSETS = 3
@@ -109,28 +108,15 @@ class CTRGCN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
+        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
         n, c, t, v, m = x.shape
-        expected = (self.in_channels, graphs.num_joints(self.graph), self.num_person)
-        if (c, v, m) != expected:
-            raise ValueError(
-                f"CTRGCN expects x (N, C, T, V, M) with (C, V, M) = {expected}, got {x.shape}"
-            )
         x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
         x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
         x = x.reshape(n * m, t, v, c)  # batch row n*M + m
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):
             x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
         feats = x.reshape(n, m, *x.shape[1:])
-        # Mean over (T', V), then over persons with equal weight, padding persons included.
-        pooled = feats.mean(axis=(2, 3)).mean(axis=1)
-        pooled = nn.Dropout(self.dropout)(pooled, deterministic=not train)
-        fan_in = pooled.shape[-1]
-        logits = nn.Dense(
-            self.num_classes,
-            kernel_init=nn.initializers.normal(math.sqrt(2.0 / self.num_classes)),
-            bias_init=torch_default_bias(fan_in),
-            name="fc",
-        )(pooled)
+        logits = classify(feats, self.num_classes, self.dropout, train)
         return (logits, feats) if return_features else logits
 
 

@@ -73,3 +73,22 @@ def spatial_partition(name: str) -> np.ndarray:
         ]
     )
     return a.astype(np.float32)
+
+
+def hop_distance(name: str) -> np.ndarray:
+    """(V, V) int32 shortest-path hop counts over the undirected skeleton (0 on the diagonal).
+
+    Hyperformer and BlockGCN index their relative-position tables by it; the official code
+    derives the same matrix from powers of the binarised adjacency.
+    """
+    v = num_joints(name)
+    adjacency = edge_matrix(inward_pairs(name), v)
+    adjacency = (adjacency + adjacency.T + np.eye(v)) > 0
+    hops = np.full((v, v), -1, np.int32)
+    reach = np.eye(v, dtype=bool)
+    for distance in range(v):
+        hops[(hops < 0) & reach] = distance
+        if (hops >= 0).all():
+            break
+        reach = (reach.astype(np.int32) @ adjacency.astype(np.int32)) > 0
+    return hops

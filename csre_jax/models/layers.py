@@ -62,6 +62,53 @@ def data_batch_norm(bn: BatchNorm, x: jax.Array) -> jax.Array:
     return jnp.transpose(h.reshape(n, t, m, v, c), (0, 2, 1, 3, 4))
 
 
+def check_input(model: nn.Module, x: jax.Array, num_joints: int, num_person: int) -> None:
+    """Refuse an input whose (C, V, M) do not fit the model, naming what was expected."""
+    expected = (model.in_channels, num_joints, model.num_person)
+    if x.ndim != 5 or (x.shape[1], x.shape[3], x.shape[4]) != expected:
+        raise ValueError(
+            f"{type(model).__name__} expects x (N, C, T, V, M) with (C, V, M) = {expected}, "
+            f"got {x.shape}"
+        )
+
+
+def embed_joints(module: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
+    """Per-joint Linear embedding, learned joint positions, then the data BN (BlockGCN, InfoGCN).
+
+    x is (N, M, T, V, C); the Linear, `pos_embedding` and `data_bn` are created in `module`'s
+    scope under their official names.
+    """
+    fan_in = x.shape[-1]
+    h = nn.Dense(
+        features,
+        kernel_init=torch_default_kernel,
+        bias_init=torch_default_bias(fan_in),
+        name="to_joint_embedding",
+    )(x)
+    pos = module.param("pos_embedding", nn.initializers.normal(1.0), (1, x.shape[3], features))
+    h = h + pos[0]
+    return data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), h)
+
+
+def classify(
+    feats: jax.Array, num_classes: int, dropout: float, train: bool, name: str = "fc"
+) -> jax.Array:
+    """The GCN backbones' head on the last map (N, M, T', V, C): mean over (T', V), then over
+    persons with equal weight (zero-padded persons included), dropout, Linear.
+
+    The Linear has the official Normal(0, sqrt(2/classes)) weights and PyTorch's default bias;
+    call it inside a compact method so it is created as the backbone's `fc`.
+    """
+    pooled = feats.mean(axis=(2, 3)).mean(axis=1)
+    pooled = nn.Dropout(dropout)(pooled, deterministic=not train)
+    return nn.Dense(
+        num_classes,
+        kernel_init=nn.initializers.normal(math.sqrt(2.0 / num_classes)),
+        bias_init=torch_default_bias(pooled.shape[-1]),
+        name=name,
+    )(pooled)
+
+
 def temporal_conv(
     features: int,
     kernel_size: int,
@@ -101,6 +148,34 @@ def temporal_max_pool3(x: jax.Array, stride: int) -> jax.Array:
 def pointwise(features: int, name: str) -> nn.Dense:
     """A 1x1 Conv2d of the official code as a matmul over channels (kaiming fan_out, bias 0)."""
     return nn.Dense(features, kernel_init=kaiming_fan_out, name=name)
+
+
+class GroupedPointwise(nn.Module):
+    """A 1x1 Conv2d with `groups` contiguous channel groups, as one batched matmul.
+
+    XLA:CPU runs grouped convolutions several times slower than dense ones; a dot over
+    reshaped groups is fast on every backend. The kernel is (Cin/groups, Cout), the PyTorch
+    weight (Cout, Cin/groups, 1, 1) transposed, so checkpoints map like any 1x1 conv.
+    """
+
+    features: int
+    groups: int
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = kaiming_fan_out
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cin, g = x.shape[-1], self.groups
+        if cin % g or self.features % g:
+            raise ValueError(f"{cin} -> {self.features} channels do not split into {g} groups")
+        kernel = self.param("kernel", self.kernel_init, (cin // g, self.features))
+        kernel = kernel.reshape(cin // g, g, self.features // g).astype(x.dtype)
+        y = jnp.einsum("...gi,igo->...go", x.reshape(*x.shape[:-1], g, cin // g), kernel)
+        y = y.reshape(*x.shape[:-1], self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
+        return y
 
 
 class UnitTCN(nn.Module):

@@ -149,6 +149,8 @@ _KINDS: dict[str, tuple[Callable, Callable]] = {
     "raw": (lambda a: a, lambda a: a),
     # Linear (O, I) <-> Dense (I, O)
     "linear": (lambda w: w.T, lambda w: w.T),
+    # 1x1 Conv1d (O, I, 1) <-> Dense (I, O)
+    "conv1d": (lambda w: w[:, :, 0].T, lambda w: w.T[:, :, None]),
     # 1x1 Conv2d (O, I, 1, 1) <-> Dense (I, O)
     "pointwise": (lambda w: w[:, :, 0, 0].T, lambda w: w.T[:, :, None, None]),
     # Conv2d (O, I, kh, kw) <-> Conv (kh, kw, I, O)
