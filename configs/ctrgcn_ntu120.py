@@ -1,7 +1,11 @@
-"""CTR-GCN + CSRE on NTU RGB+D 120. Arg: [xsub|xset][,joint|bone|joint_motion|bone_motion]."""
+"""CTR-GCN + CSRE on NTU RGB+D 120, CTR-GCN's own recipe (configs/common.py).
+
+Arg: [xsub|xset],[joint|bone|joint_motion|bone_motion],[tiny].
+'tiny' trains a small model on synthetic skeletons of this layout.
+"""
 
 from configs import common
 
 
 def get_config(arg: str | None = None):
-    return common.ntu_config("ntu120", arg, benchmarks=("xsub", "xset"))
+    return common.experiment("ctrgcn", "ntu120", arg)

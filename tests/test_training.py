@@ -141,8 +141,8 @@ def _backbone_template(width: int) -> dict:
     config = tiny_config()
     config.model.kwargs.base_channels = width
     exp = loop.build(config)
-    x = np.zeros((1, *exp.dataset.input_shape()), np.float32)
-    return jax.eval_shape(exp.backbone.init, jax.random.key(0), x)
+    inputs = {k: np.zeros((1, *s), np.float32) for k, s in exp.dataset.input_shapes().items()}
+    return jax.eval_shape(exp.backbone.init, jax.random.key(0), **inputs)
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 
 from csre_jax.csre.heads import STFD, GlobalHead
+from csre_jax.models import torch_io
 
 # Which embedding each bank contrasts: the STFD branches, or the pooled global feature.
 BANK_NAMES = ("spatial", "temporal", "global")
@@ -27,10 +28,13 @@ class ContrastiveClassifier(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, **extra_inputs: jax.Array):
+        """extra_inputs: what the backbone needs besides x (BlockGCN's joint)."""
         if not self.banks:
-            return self.backbone(x, train=train), {}
-        logits, feature_map = self.backbone(x, train=train, return_features=True)
+            return self.backbone(x, train=train, **extra_inputs), {}
+        logits, feature_map = self.backbone(
+            x, train=train, return_features=True, **extra_inputs
+        )
         embeddings = {}
         stfd_branches = tuple(b for b in self.banks if b in ("spatial", "temporal"))
         if stfd_branches:
@@ -38,3 +42,32 @@ class ContrastiveClassifier(nn.Module):
         if "global" in self.banks:
             embeddings["global"] = GlobalHead(self.dim, name="global_head")(feature_map)
         return logits, embeddings
+
+
+# The official head's names (csre.md §2, the Hyperformer release): the spatial branch is
+# std.conv1 -> std.convs, the temporal branch std.conv2 -> std.convt.
+_STFD_TORCH_LAYERS = {
+    ("spatial", "reduce"): ("std.conv1", "conv1d"),
+    ("spatial", "project"): ("std.convs", "linear"),
+    ("temporal", "reduce"): ("std.conv2", "conv1d"),
+    ("temporal", "project"): ("std.convt", "linear"),
+}
+
+
+def torch_key_fn(backbone_key: torch_io.KeyFn) -> torch_io.KeyFn:
+    """State_dict keys of the whole training model, for loading or exporting a CSRE checkpoint.
+
+    Backbone variables keep the backbone's official keys and STFD's are the released `std.*`
+    ones. The global head has no official counterpart; it is written `global_head.project.*`.
+    """
+
+    def key_fn(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
+        if path[0] == "backbone":
+            return backbone_key(collection, path[1:], ndim)
+        is_kernel = path[-1] == "kernel"
+        if path[0] == "stfd":
+            prefix, kind = _STFD_TORCH_LAYERS[path[1:3]]
+            return f"{prefix}.{'weight' if is_kernel else path[-1]}", kind if is_kernel else "raw"
+        return torch_io.default_torch_key(collection, path), "linear" if is_kernel else "raw"
+
+    return key_fn

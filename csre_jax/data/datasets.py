@@ -30,13 +30,15 @@ class Dataset:
     train_transform: Transform | None = None
     test_transform: Transform | None = None
 
-    def input_shape(self) -> tuple[int, ...]:
-        """(C, T, V, M) of one sample as the model sees it."""
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of one sample's model inputs: {'x': (C, T, V, M)} plus any extra ('joint')."""
         x = np.asarray(self.test.x[0])
-        return (self.test_transform(x, None) if self.test_transform else x).shape
+        out = self.test_transform(x, None) if self.test_transform else x
+        return {k: v.shape for k, v in (out if isinstance(out, dict) else {"x": out}).items()}
 
 
 def load_dataset(data: ConfigDict) -> Dataset:
+    """data.keep_joint (BlockGCN) adds each sample's absolute joints as the input 'joint'."""
     if data.name == "synthetic":
         return _synthetic(data)
     if data.name in ("ntu60", "ntu120"):
@@ -48,7 +50,14 @@ def load_dataset(data: ConfigDict) -> Dataset:
     )
 
 
+# NW-UCLA's 20 Kinect v1 joints as NTU (Kinect v2) joints: NTU's neck has no UCLA joint and
+# UCLA's shoulder centre is NTU's spine shoulder (python indices).
+_UCLA_FROM_NTU_JOINTS = [0, 1, 20, *range(3, 20)]
+
+
 def _synthetic(data: ConfigDict) -> Dataset:
+    """The generated skeletons; data.skeleton='ucla' keeps the first person on NW-UCLA's
+    20 joints, so NW-UCLA-shaped models train without the dataset."""
     train, test = synthetic.make_splits(
         data.num_train,
         data.num_test,
@@ -56,10 +65,18 @@ def _synthetic(data: ConfigDict) -> Dataset:
         num_classes=data.num_classes,
         num_frames=data.num_frames,
     )
+    skeleton = data.get("skeleton", "ntu")
+    if skeleton not in ("ntu", "ucla"):
+        raise ValueError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
+    if skeleton == "ucla":
+        train["x"], test["x"] = (s["x"][..., _UCLA_FROM_NTU_JOINTS, :1] for s in (train, test))
+    transform = (lambda x, rng: {"x": x, "joint": x}) if data.get("keep_joint") else None
     return Dataset(
         train=Split(train["x"], train["label"], data.num_classes),
         test=Split(test["x"], test["label"], data.num_classes),
-        skeleton="ntu",
+        skeleton=skeleton,
+        train_transform=transform,
+        test_transform=transform,
     )
 
 
@@ -87,6 +104,7 @@ def _ntu(data: ConfigDict) -> Dataset:
             rotate=train and data.random_rotation,
             stream=data.stream,
             variant=data.feeder_variant,
+            keep_joint=data.get("keep_joint", False),
         )
         return lambda row, rng: sample_transform(transforms.ntu_row_to_sample(row), rng)
 
@@ -108,15 +126,16 @@ def _ucla(data: ConfigDict) -> Dataset:
     train_clips, train_labels = ucla.repeat_train(*ucla.load_split(data.root, "train"))
     test_clips, test_labels = ucla.load_split(data.root, "val")
     num_classes = 10
+    keep_joint = data.get("keep_joint", False)
     return Dataset(
         train=Split(train_clips, train_labels, num_classes),
         test=Split(test_clips, test_labels, num_classes),
         skeleton="ucla",
         train_transform=transforms.ucla_transform(
-            train=True, stream=data.stream, variant=data.feeder_variant
+            train=True, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
         ),
         test_transform=transforms.ucla_transform(
-            train=False, stream=data.stream, variant=data.feeder_variant
+            train=False, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
         ),
     )
 

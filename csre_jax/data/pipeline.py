@@ -1,7 +1,8 @@
 """grain pipelines: the training stream (with its checkpointable position) and the test pass.
 
-Every element is {'x': (C, T, V, M) float32, 'label': int32, 'index': int32}; 'index' is the
-sample's position in its split, which is its memory-bank slot.
+Every element is {'x': (C, T, V, M) float32, 'label': int32, 'index': int32}, plus any
+extra model input the transform returns (BlockGCN's 'joint'); 'index' is the sample's
+position in its split, which is its memory-bank slot.
 """
 
 import dataclasses
@@ -52,7 +53,8 @@ class _SplitSource(grain.sources.RandomAccessDataSource):
 def _apply(transform: Transform | None, element, rng):
     if transform is None:
         return element
-    return element | {"x": transform(element["x"], rng).astype(np.float32)}
+    out = transform(element["x"], rng)
+    return element | (out if isinstance(out, dict) else {"x": out.astype(np.float32)})
 
 
 def _process_share(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,7 +3,9 @@
 Every function works on one sample in the official layout (C=3, T, V, M) unless it says
 otherwise, so grain pipelines can call them per element. A `Transform` receives a numpy
 Generator in training and None at test time; the test path is deterministic and matches the
-official feeders' outputs (shared/fixtures/feeders_test_mode.npz).
+official feeders' outputs (shared/fixtures/feeders_test_mode.npz). With keep_joint a
+transform also returns the absolute joints the stream was computed from, as BlockGCN's
+feeder does: {"x": stream, "joint": joints}.
 """
 
 import json
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+Transform = Callable[
+    [np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]
+]
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 VARIANTS = ("ctrgcn", "csre")
@@ -157,6 +161,13 @@ def to_stream(x: np.ndarray, stream: str, *, skeleton: str, variant: str) -> np.
     return y
 
 
+def _outputs(joints: np.ndarray, stream: np.ndarray, keep_joint: bool):
+    stream = np.ascontiguousarray(stream, dtype=np.float32)
+    if not keep_joint:
+        return stream
+    return {"x": stream, "joint": np.ascontiguousarray(joints, dtype=np.float32)}
+
+
 def ntu_transform(
     *,
     train: bool,
@@ -165,11 +176,13 @@ def ntu_transform(
     window: int = NTU_WINDOW,
     p_interval: tuple[float, ...] | None = None,
     rotate: bool | None = None,
+    keep_joint: bool = False,
 ) -> Transform:
     """The NTU feeder for one (3, T, 25, 2) sample: crop/resize, rotation, stream, motion.
 
     p_interval defaults to the official (0.5, 1.0) in training and (0.95,) at test; rotate
-    defaults to train (the official configs rotate in training only).
+    defaults to train (the official configs rotate in training only). keep_joint also
+    returns the cropped, rotated joints (see the module docstring).
     """
     if p_interval is None:
         p_interval = NTU_TRAIN_P if train else NTU_TEST_P
@@ -185,8 +198,7 @@ def ntu_transform(
         x = crop_resize(x, valid_frame_count(x), window, p_interval, rng)
         if rotate:
             x = random_rotation(x, rng)
-        x = to_stream(x, stream, skeleton="ntu", variant=variant)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return _outputs(x, to_stream(x, stream, skeleton="ntu", variant=variant), keep_joint)
 
     return transform
 
@@ -232,7 +244,9 @@ def ucla_clip_to_sample(
     return x[:, idx, :, None]
 
 
-def ucla_transform(*, train: bool, stream: str, variant: str) -> Transform:
+def ucla_transform(
+    *, train: bool, stream: str, variant: str, keep_joint: bool = False
+) -> Transform:
     """The NW-UCLA feeder for one raw (F, 20, 3) clip -> (3, 52, 20, 1) float32."""
     _check_stream(stream, "ucla", variant)
 
@@ -240,7 +254,6 @@ def ucla_transform(*, train: bool, stream: str, variant: str) -> Transform:
         if train and rng is None:
             raise ValueError("a training transform needs a Generator")
         x = ucla_clip_to_sample(clip, rng if train else None)
-        x = to_stream(x, stream, skeleton="ucla", variant=variant)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return _outputs(x, to_stream(x, stream, skeleton="ucla", variant=variant), keep_joint)
 
     return transform

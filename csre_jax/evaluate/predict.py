@@ -23,15 +23,17 @@ def predict(
 ) -> np.ndarray:
     """(len(split), num_classes) float32 logits in split order.
 
-    eval_step is a jitted (variables, x) -> logits; the variables should already be on
-    the mesh (replicated) so each batch moves only its inputs.
+    eval_step is a jitted (variables, inputs) -> logits, inputs being the batch's model
+    inputs ('x' and any extra); the variables should already be on the mesh (replicated)
+    so each batch moves only its inputs.
     """
     outputs = []
     batches = eval_batches(split, batch_size=batch_size, transform=transform)
     total = -(-len(split) // batch_size)
     for local in tqdm(batches, total=total, desc="eval", disable=not show_progress, leave=False):
         valid = local.pop("valid")
-        logits = eval_step(variables, parallel.global_batch({"x": local["x"]}, mesh)["x"])
+        inputs = {k: v for k, v in local.items() if k not in ("label", "index")}
+        logits = eval_step(variables, parallel.global_batch(inputs, mesh))
         gathered = multihost_utils.process_allgather(logits, tiled=True)
         all_valid = multihost_utils.process_allgather(valid, tiled=True)
         outputs.append(np.asarray(gathered)[np.asarray(all_valid)])

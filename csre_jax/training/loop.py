@@ -71,23 +71,17 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
         dataset=dataset.skeleton,
         **config.model.kwargs,
     )
+    missing = set(models.extra_inputs(backbone)) - set(dataset.input_shapes())
+    if missing:
+        raise ValueError(
+            f"model.name={config.model.name!r} needs the input(s) {sorted(missing)}, which the "
+            "data pipeline does not provide: set config.data.keep_joint=True"
+        )
     model = ContrastiveClassifier(
         backbone, bank_names(config.csre), config.csre.dim, config.csre.reduction
     )
     steps = steps_per_epoch(dataset.train, config.data.batch_size)
-    schedule = optimizer.epoch_schedule(
-        config.optim.base_lr,
-        steps_per_epoch=steps,
-        warmup_epochs=config.optim.warmup_epochs,
-        milestones=config.optim.milestones,
-        decay=config.optim.decay,
-    )
-    tx = optimizer.sgd(
-        schedule,
-        momentum=config.optim.momentum,
-        nesterov=config.optim.nesterov,
-        weight_decay=config.optim.weight_decay,
-    )
+    schedule, tx = optimizer.from_config(config.optim, steps)
     return Experiment(config, dataset, backbone, model, mesh, steps, schedule, tx)
 
 
@@ -95,8 +89,8 @@ def init_state(exp: Experiment) -> TrainState:
     """Fresh parameters, empty banks (one slot per training sample), placed on the mesh."""
     rng = jax.random.key(exp.config.seed)
     init_rng, state_rng = jax.random.split(rng)
-    sample = jnp.zeros((1, *exp.dataset.input_shape()), jnp.float32)
-    variables = exp.model.init({"params": init_rng, "dropout": init_rng}, sample, train=False)
+    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.dataset.input_shapes().items()}
+    variables = exp.model.init({"params": init_rng, "dropout": init_rng}, **sample, train=False)
     slot_labels = exp.dataset.train.labels
     banks = {
         name: create_bank(slot_labels, exp.config.csre.dim, pad_to_multiple=exp.mesh.size)
@@ -133,6 +127,7 @@ def compile_steps(exp: Experiment, state: TrainState):
             exp.schedule,
             _contrast_config(exp.config.csre),
             exp.config.csre.weight,
+            exp.config.loss.label_smoothing,
         ),
         in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
         out_shardings=(shardings, parallel.replicated(exp.mesh)),

@@ -1,13 +1,16 @@
-"""SGD with Nesterov momentum, weight decay and the epoch-wise warm-up/step schedule.
+"""The official optimisers and epoch-wise learning-rate schedules, built from config.optim.
 
-The recipes set the learning rate once per epoch (recipes.md §1), so the schedule is a step
-function of the epoch index floor(step / steps_per_epoch).
+The recipes set the learning rate once per epoch (recipes.md §1), so every schedule is a
+function of the epoch index floor(step / steps_per_epoch). The GCN recipes use SGD with
+Nesterov momentum and a warm-up/step schedule; HCN's uses Adam with an exponential decay
+and gradient-norm clipping.
 """
 
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import optax
+from ml_collections import ConfigDict
 
 
 def epoch_schedule(
@@ -30,6 +33,17 @@ def epoch_schedule(
     return schedule
 
 
+def exponential_epoch_schedule(
+    base_lr: float, *, steps_per_epoch: int, gamma: float
+) -> optax.Schedule:
+    """PyTorch's ExponentialLR stepped once per epoch: base * gamma ** epoch."""
+
+    def schedule(step):
+        return base_lr * gamma ** (jnp.asarray(step, jnp.int32) // steps_per_epoch)
+
+    return schedule
+
+
 def sgd(
     schedule: optax.Schedule, *, momentum: float, nesterov: bool, weight_decay: float
 ) -> optax.GradientTransformation:
@@ -38,3 +52,42 @@ def sgd(
         optax.add_decayed_weights(weight_decay),
         optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
     )
+
+
+def adam(schedule: optax.Schedule, *, weight_decay: float) -> optax.GradientTransformation:
+    """PyTorch's Adam: weight decay is an L2 term added to the gradient (not AdamW)."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(schedule))
+
+
+def from_config(
+    optim: ConfigDict, steps_per_epoch: int
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """The schedule and optimiser a config names (optim.name, optim.lr_decay, optim.clip_norm)."""
+    if optim.lr_decay == "step":
+        schedule = epoch_schedule(
+            optim.base_lr,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=optim.warmup_epochs,
+            milestones=optim.milestones,
+            decay=optim.decay,
+        )
+    elif optim.lr_decay == "exponential":
+        schedule = exponential_epoch_schedule(
+            optim.base_lr, steps_per_epoch=steps_per_epoch, gamma=optim.decay
+        )
+    else:
+        raise ValueError(f"optim.lr_decay={optim.lr_decay!r}: choose step or exponential")
+    if optim.name == "sgd":
+        tx = sgd(
+            schedule,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+        )
+    elif optim.name == "adam":
+        tx = adam(schedule, weight_decay=optim.weight_decay)
+    else:
+        raise ValueError(f"optim.name={optim.name!r}: choose sgd or adam")
+    if optim.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
+    return schedule, tx

@@ -8,9 +8,21 @@ import jax.numpy as jnp
 import optax
 
 from csre_jax.csre.loss import ContrastConfig, bank_loss
+from csre_jax.models import extra_inputs
 from csre_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
+
+
+def model_inputs(backbone: nn.Module, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """x and the backbone's extra keyword inputs from a batch, naming what a batch lacks."""
+    missing = [k for k in ("x", *extra_inputs(backbone)) if k not in batch]
+    if missing:
+        raise KeyError(
+            f"{type(backbone).__name__} needs the input(s) {missing} but the batch holds "
+            f"{sorted(batch)}; for 'joint' set config.data.keep_joint=True"
+        )
+    return batch["x"], {k: batch[k] for k in extra_inputs(backbone)}
 
 
 def make_train_step(
@@ -19,25 +31,32 @@ def make_train_step(
     schedule: optax.Schedule,
     contrast: ContrastConfig,
     contrast_weight: float,
+    label_smoothing: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """loss = CE + contrast_weight * mean over banks of each bank's InfoNCE (csre.md §5)."""
+    """loss = CE + contrast_weight * mean over banks of each bank's InfoNCE (csre.md §5).
+
+    label_smoothing spreads that much target mass uniformly over the classes (InfoGCN's 0.1).
+    """
 
     def train_step(state: TrainState, batch: Batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
         dropout_rng, bank_rng = jax.random.split(step_rng)
         labels, indices = batch["label"], batch["index"]
+        x, extras = model_inputs(model.backbone, batch)
 
         def loss_fn(params):
             (logits, embeddings), updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                batch["x"],
+                x,
+                **extras,
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            ce = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels
-            ).mean()
+            targets = optax.smooth_labels(
+                jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing
+            )
+            ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
             metrics, banks, bank_losses = {"ce": ce}, {}, []
             for i, (name, embedding) in enumerate(sorted(embeddings.items())):
                 loss, banks[name], bank_metrics = bank_loss(
@@ -73,10 +92,11 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(backbone: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
+def make_eval_step(backbone: nn.Module) -> Callable[[dict, Batch], jax.Array]:
     """Logits of the backbone alone in eval mode: heads and banks play no part."""
 
-    def eval_step(variables, x):
-        return backbone.apply(variables, x, train=False).astype(jnp.float32)
+    def eval_step(variables, batch):
+        x, extras = model_inputs(backbone, batch)
+        return backbone.apply(variables, x, **extras, train=False).astype(jnp.float32)
 
     return eval_step
