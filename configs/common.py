@@ -62,6 +62,7 @@ def base_config() -> ConfigDict:
     config.model = ConfigDict()
     config.model.name = "ctrgcn"
     config.model.kwargs = ConfigDict({"base_channels": 64})
+    config.model.init_checkpoint = ""  # an official PyTorch .pt to start from (with std.*)
 
     config.csre = ConfigDict()
     config.csre.banks = "spatial+temporal"  # '+'-joined subset of spatial/temporal/global, or none

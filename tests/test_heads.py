@@ -75,3 +75,67 @@ def test_classifier_builds_only_the_heads_of_its_banks(banks, heads):
 def test_unknown_bank_is_refused():
     with pytest.raises(ValueError, match="unknown bank"):
         ContrastiveClassifier(create_model("ctrgcn", num_classes=5, dataset="ucla"), ("graph",))
+
+
+@pytest.fixture(scope="module")
+def csre_checkpoint(shared_dir):
+    """The released Hyperformer + CSRE fixture loaded into the training model."""
+    from csre_jax.csre.model import load_torch_checkpoint, torch_key_fn  # noqa: PLC0415
+    from csre_jax.models import hyperformer  # noqa: PLC0415
+
+    path = shared_dir / "fixtures" / "hyperformer_csre_ntu60.pt"
+    io = np.load(shared_dir / "fixtures" / "hyperformer_csre_ntu60_io.npz")
+    model = ContrastiveClassifier(create_model("hyperformer", num_classes=60, dataset="ntu"))
+    fresh = jax.eval_shape(model.init, jax.random.key(0), io["x"])
+    fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
+    variables = load_torch_checkpoint(fresh, path, hyperformer.torch_key)
+    outputs = jax.jit(model.apply)(variables, io["x"])
+    return path, io, variables, outputs, torch_key_fn(hyperformer.torch_key)
+
+
+def test_released_csre_head_matches_official_outputs(csre_checkpoint):
+    _, io, _, (logits, embeddings), _ = csre_checkpoint
+    for got, want in [
+        (logits, io["logits"]),
+        (embeddings["spatial"], io["stfd_spatial"]),
+        (embeddings["temporal"], io["stfd_temporal"]),
+    ]:
+        assert np.abs(np.asarray(got) - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_csre_checkpoint_exports_back_with_std_keys(csre_checkpoint):
+    from csre_jax.models import torch_io  # noqa: PLC0415
+
+    path, _, variables, _, key_fn = csre_checkpoint
+    original = torch_io.load_state_dict(path)
+    exported = torch_io.state_dict_from_variables(variables, key_fn)
+    assert exported.keys() == original.keys()
+    assert {k for k in original if k.startswith("std.")} == {
+        f"std.{layer}.{leaf}"
+        for layer in ("conv1", "convs", "conv2", "convt")
+        for leaf in ("weight", "bias")
+    }
+    for key, value in original.items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+def test_backbone_only_checkpoint_keeps_the_heads(tmp_path, csre_checkpoint):
+    """A backbone-only .pt (as saved here) fills the backbone; the heads keep their values."""
+    from csre_jax.csre.model import load_torch_checkpoint  # noqa: PLC0415
+    from csre_jax.models import hyperformer, torch_io  # noqa: PLC0415
+
+    _, _, variables, _, _ = csre_checkpoint
+    backbone = {c: variables[c]["backbone"] for c in variables}
+    path = tmp_path / "backbone.pt"
+    torch_io.save_state_dict(
+        path, torch_io.state_dict_from_variables(backbone, hyperformer.torch_key)
+    )
+    heads = jax.tree.map(np.ones_like, variables["params"]["stfd"])
+    zeros = jax.tree.map(np.zeros_like, variables)
+    start = zeros | {"params": zeros["params"] | {"stfd": heads}}
+    loaded = load_torch_checkpoint(start, path, hyperformer.torch_key)
+    jax.tree.map(np.testing.assert_array_equal, loaded["params"]["backbone"], backbone["params"])
+    jax.tree.map(np.testing.assert_array_equal, loaded["params"]["stfd"], heads)
+    with pytest.raises(torch_io.TorchCheckpointError, match="backbone.pt: the state_dict does not"):
+        load_torch_checkpoint(start, path, lambda c, p, n: ("renamed." + p[-1], "raw"))

@@ -204,3 +204,29 @@ def test_wrapped_checkpoint_is_refused(tmp_path):
     write_pt(path, {"w": ("FloatStorage", np.ones(1, np.float32), 0, (1,), (1,))}, extra=epoch)
     with pytest.raises(torch_io.TorchCheckpointError, match="wrapped.pt: not a bare.*'epoch'"):
         torch_io.load_state_dict(path)
+
+
+def test_saved_state_dict_reads_back_with_aligned_storages(tmp_path, shared_dir):
+    original = torch_io.load_state_dict(shared_dir / "fixtures" / "ctrgcn_ntu60.pt")
+    extra = {
+        "half": np.arange(4, dtype=np.float16),
+        "brain": np.arange(4, dtype=ml_dtypes.bfloat16),
+        "transposed": np.arange(6, dtype=np.float32).reshape(2, 3).T,  # not C-contiguous
+    }
+    path = tmp_path / "model.pt"
+    torch_io.save_state_dict(path, original | extra)
+    back = torch_io.load_state_dict(path)
+    assert list(back) == list(original | extra)  # order kept, as torch.save keeps it
+    for key, value in (original | extra).items():
+        assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+            assert start % 64 == 0, info.filename
+
+
+def test_unsupported_dtype_is_not_saved(tmp_path):
+    with pytest.raises(TypeError, match="complex"):
+        torch_io.save_state_dict(tmp_path / "x.pt", {"complex": np.zeros(2, np.complex64)})
+    assert not (tmp_path / "x.pt").exists()

@@ -3,6 +3,8 @@
 Evaluation uses the backbone alone (params['backbone']): the heads and banks are removed.
 """
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 
@@ -32,9 +34,7 @@ class ContrastiveClassifier(nn.Module):
         """extra_inputs: what the backbone needs besides x (BlockGCN's joint)."""
         if not self.banks:
             return self.backbone(x, train=train, **extra_inputs), {}
-        logits, feature_map = self.backbone(
-            x, train=train, return_features=True, **extra_inputs
-        )
+        logits, feature_map = self.backbone(x, train=train, return_features=True, **extra_inputs)
         embeddings = {}
         stfd_branches = tuple(b for b in self.banks if b in ("spatial", "temporal"))
         if stfd_branches:
@@ -71,3 +71,24 @@ def torch_key_fn(backbone_key: torch_io.KeyFn) -> torch_io.KeyFn:
         return torch_io.default_torch_key(collection, path), "linear" if is_kernel else "raw"
 
     return key_fn
+
+
+def load_torch_checkpoint(variables: dict, path: str | Path, backbone_key: torch_io.KeyFn) -> dict:
+    """`variables` of a ContrastiveClassifier with the backbone, and the STFD head when the
+    file has one (`std.*`), replaced by an official checkpoint's; other heads keep theirs.
+
+    Lets a run start from released weights; a checkpoint that does not fit names its keys.
+    """
+    state_dict = torch_io.load_state_dict(path)
+    load_head = "stfd" in variables["params"] and any(k.startswith("std.") for k in state_dict)
+    if not load_head:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("std.")}
+    parts = ("backbone", "stfd") if load_head else ("backbone",)
+    template = {
+        collection: {part: tree[part] for part in parts if part in tree}
+        for collection, tree in variables.items()
+    }
+    loaded = torch_io.variables_from_state_dict(
+        state_dict, template, torch_key_fn(backbone_key), source=str(path)
+    )
+    return {collection: tree | loaded.get(collection, {}) for collection, tree in variables.items()}

@@ -2,7 +2,8 @@
 
 A `.pt` file written by torch.save (PyTorch >= 1.6) is a zip holding `<name>/data.pkl`, a
 pickle of the state_dict whose tensors point at raw little-endian storages `<name>/data/<key>`.
-The pickle is read with an allowlist, so a checkpoint cannot run code.
+The pickle is read with an allowlist, so a checkpoint cannot run code; save_state_dict writes
+the same format, so weights trained here open with torch.load.
 
 The mapping is driven by a per-backbone `KeyFn`: (collection, Flax path, ndim) ->
 (torch key, kind). The kind names the layout change between the two frameworks and works
@@ -13,6 +14,7 @@ import collections
 import io
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
+
+from csre_jax.fileio import atomic_write
 
 KeyFn = Callable[[str, tuple[str, ...], int], tuple[str, str]]
 
@@ -244,3 +248,83 @@ def state_dict_from_variables(variables, key_fn: KeyFn) -> dict[str, np.ndarray]
             (), np.int64
         )
     return state_dict
+
+
+_STORAGE_NAMES = {np.dtype(dtype): name for name, dtype in _STORAGE_DTYPES.items()}
+_ALIGNMENT = 64  # torch.save aligns every storage record to 64 bytes
+
+
+def _pickle_state_dict(state_dict: Mapping[str, np.ndarray]) -> bytes:
+    """Protocol-2 opcodes of an OrderedDict of tensors, as torch.save emits them.
+
+    Written by hand because pickling references to torch functions needs torch itself.
+    """
+
+    def text(value: str) -> bytes:
+        data = value.encode()
+        return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+    def integers(values) -> bytes:
+        return (
+            pickle.MARK
+            + b"".join(pickle.BININT + struct.pack("<i", v) for v in values)
+            + (pickle.TUPLE)
+        )
+
+    ordered_dict = (
+        pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE + pickle.REDUCE
+    )
+    out = [pickle.PROTO + b"\x02", ordered_dict, pickle.MARK]
+    for index, (key, value) in enumerate(state_dict.items()):
+        storage = (
+            pickle.MARK
+            + text("storage")
+            + pickle.GLOBAL
+            + f"torch\n{_STORAGE_NAMES[value.dtype]}\n".encode()
+            + text(str(index))
+            + text("cpu")
+            + pickle.BININT
+            + struct.pack("<i", value.size)
+            + pickle.TUPLE
+            + pickle.BINPERSID
+        )
+        strides = [s // value.itemsize for s in value.strides]
+        out += [
+            text(key),
+            pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n",
+            pickle.MARK,
+            storage,
+            pickle.BININT + struct.pack("<i", 0),
+            integers(value.shape),
+            integers(strides),
+            pickle.NEWFALSE,
+            ordered_dict,
+            pickle.TUPLE,
+            pickle.REDUCE,
+        ]
+    return b"".join([*out, pickle.SETITEMS, pickle.STOP])
+
+
+def save_state_dict(path: str | Path, state_dict: Mapping[str, np.ndarray]) -> None:
+    """Write a state_dict ({key: array}) as a torch.save file, atomically."""
+    arrays = {k: np.array(v, order="C") for k, v in state_dict.items()}  # 0-d stays 0-d
+    unsupported = [k for k, v in arrays.items() if v.dtype not in _STORAGE_NAMES]
+    if unsupported:
+        raise TypeError(f"no PyTorch storage for the dtypes of {', '.join(unsupported)}")
+    prefix = Path(path).stem or "archive"
+    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+
+        def record(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(f"{prefix}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
+            # Pad the local header's extra field so the data starts on the alignment.
+            start = archive.fp.tell() + 30 + len(info.filename.encode()) + 4
+            info.extra = struct.pack("<HH", 0x4246, -start % _ALIGNMENT) + b"Z" * (
+                -start % _ALIGNMENT
+            )
+            archive.writestr(info, data)
+
+        record("data.pkl", _pickle_state_dict(arrays))
+        record("byteorder", b"little")
+        for index, value in enumerate(arrays.values()):
+            record(f"data/{index}", value.tobytes())
+        record("version", b"3\n")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from csre_jax import models
 from csre_jax.csre.bank import create_bank
 from csre_jax.csre.loss import ContrastConfig
-from csre_jax.csre.model import ContrastiveClassifier
+from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.data.datasets import Dataset, load_dataset
 from csre_jax.data.pipeline import steps_per_epoch, train_dataset
 from csre_jax.evaluate.predict import predict
@@ -86,11 +86,15 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
 
 
 def init_state(exp: Experiment) -> TrainState:
-    """Fresh parameters, empty banks (one slot per training sample), placed on the mesh."""
+    """Fresh parameters (or model.init_checkpoint's official weights), empty banks (one slot
+    per training sample), placed on the mesh."""
     rng = jax.random.key(exp.config.seed)
     init_rng, state_rng = jax.random.split(rng)
     sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.dataset.input_shapes().items()}
     variables = exp.model.init({"params": init_rng, "dropout": init_rng}, **sample, train=False)
+    if exp.config.model.get("init_checkpoint"):
+        backbone_key = models.backbone_module(exp.config.model.name).torch_key
+        variables = load_torch_checkpoint(variables, exp.config.model.init_checkpoint, backbone_key)
     slot_labels = exp.dataset.train.labels
     banks = {
         name: create_bank(slot_labels, exp.config.csre.dim, pad_to_multiple=exp.mesh.size)
