@@ -1,41 +1,55 @@
-"""Train-step time of CTR-GCN with and without CSRE, on NTU-shaped batches.
+"""Train-step time of every backbone with and without CSRE, on NTU-shaped batches.
 
-  python -m benchmarks.step_time                       # official sizes: batch 64, 64 frames
-  python -m benchmarks.step_time --batch 16 --slots 63026 --base-channels 64
+  python -m benchmarks.step_time                         # all backbones, batch 16
+  python -m benchmarks.step_time --models ctrgcn --batch 64
 
-Both variants are built and timed side by side in one process, on the same random batches.
-The 'with CSRE' step includes STFD, both bank writes, similarities, selection and the loss.
+Each backbone runs in its own process (so its peak host memory is its own) at the official
+width. Both variants are built and timed side by side in that process, on the same random
+batches; 'with CSRE' includes STFD, both bank writes, similarities, selection and the loss.
 """
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from configs import common
+from csre_jax import models
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split
 from csre_jax.training import loop
 
 
-def experiment(args, banks: str) -> loop.Experiment:
+def experiment(args, model: str, banks: str) -> loop.Experiment:
     config = common.base_config()
+    config.model.name = model
+    config.model.kwargs = ConfigDict()
     config.data.batch_size = args.batch
     config.data.eval_batch_size = args.batch
-    config.model.kwargs.base_channels = args.base_channels
     config.csre.banks = banks
     config.num_devices = 1
     labels = np.arange(args.slots) % args.classes
     x = np.zeros((1, 3, args.frames, 25, 2), np.float32)
-    # Only the slot labels and the input shape matter: batches are made below.
+    backbone = models.create_model(model, num_classes=args.classes, dataset="ntu")
+    extra = models.extra_inputs(backbone)
+
+    def transform(sample, rng):
+        return {"x": sample} | {name: sample for name in extra}
+
+    # Only the slot labels and the input shapes matter: batches are made below.
     split = Split(np.broadcast_to(x, (args.slots, *x.shape[1:])), labels, args.classes)
-    dataset = Dataset(train=split, test=split, skeleton="ntu")
+    dataset = Dataset(split, split, "ntu", transform, transform)
     return loop.build(config, dataset=dataset)
 
 
 def time_steps(exp: loop.Experiment, args) -> tuple[float, float]:
+    """(median seconds per step, seconds of the first step including compilation)."""
     state = loop.init_state(exp)
     # Fill the banks so every anchor is valid, as after the first epoch of a real run.
     state = state.replace(
@@ -50,14 +64,16 @@ def time_steps(exp: loop.Experiment, args) -> tuple[float, float]:
     )
     train_step, _ = loop.compile_steps(exp, state)
     rng = np.random.default_rng(0)
+    extra = models.extra_inputs(exp.backbone)
 
     def batch():
+        x = rng.normal(size=(args.batch, 3, args.frames, 25, 2)).astype(np.float32)
         local = {
-            "x": rng.normal(size=(args.batch, 3, args.frames, 25, 2)).astype(np.float32),
+            "x": x,
             "label": rng.integers(0, args.classes, args.batch).astype(np.int32),
             "index": rng.choice(args.slots, args.batch, replace=False).astype(np.int32),
         }
-        return loop.parallel.global_batch(local, exp.mesh)
+        return loop.parallel.global_batch(local | {name: x for name in extra}, exp.mesh)
 
     start = time.perf_counter()
     state, metrics = train_step(state, batch())
@@ -73,32 +89,67 @@ def time_steps(exp: loop.Experiment, args) -> tuple[float, float]:
     return float(np.median(times)), compile_seconds
 
 
+def measure(args, model: str) -> dict:
+    """One backbone, both variants, in this process."""
+    result = {"model": model}
+    for label, banks in (("base", "none"), ("csre", "spatial+temporal")):
+        result[label], result[f"{label}_compile"] = time_steps(experiment(args, model, banks), args)
+    result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def parameter_count(model: str, dataset: str, num_classes: int) -> int:
+    backbone = models.create_model(model, num_classes=num_classes, dataset=dataset)
+    inputs = models.example_inputs(backbone, dataset)
+    params = jax.eval_shape(backbone.init, jax.random.key(0), **inputs)["params"]
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--models", default=",".join(models.MODEL_NAMES))
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--slots", type=int, default=63026, help="bank size (NTU120 X-sub)")
     parser.add_argument("--classes", type=int, default=120)
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    names = args.models.split(",")
+    if args.child:
+        print(json.dumps(measure(args, names[0])))
+        return
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s); "
-        f"batch {args.batch}, {args.frames} frames, {args.slots} slots, "
-        f"width {args.base_channels}"
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {args.batch}, "
+        f"{args.frames} frames, 25 joints x 2 persons, {args.classes} classes, "
+        f"{args.slots} bank slots; median of {args.steps} steps"
     )
-    results = {}
-    for label, banks in (("without CSRE", "none"), ("with CSRE", "spatial+temporal")):
-        results[label] = time_steps(experiment(args, banks), args)
-        step, compile_s = results[label]
+    print("| backbone | parameters, NTU60 (60 classes) | parameters, NW-UCLA (10 classes) |")
+    print("|---|---|---|")
+    for name in names:
+        counts = [parameter_count(name, d, c) for d, c in (("ntu", 60), ("ucla", 10))]
+        print(f"| {name} | {counts[0]:,} | {counts[1]:,} |")
+    print()
+    print(
+        "| backbone | without CSRE | with CSRE | CSRE overhead "
+        "| first step (compile) without / with | peak host memory |"
+    )
+    print("|---|---|---|---|---|---|")
+    flags = [f"--{k}={getattr(args, k)}" for k in ("batch", "frames", "slots", "classes", "steps")]
+    for name in names:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.step_time", "--child", f"--models={name}", *flags],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
         print(
-            f"{label:>13}: {step * 1000:8.1f} ms/step (median of {args.steps}), "
-            f"first step incl. compile {compile_s:.1f} s"
+            f"| {name} | {r['base']:.2f} s | {r['csre']:.2f} s | "
+            f"{100 * (r['csre'] - r['base']) / r['base']:+.1f}% | "
+            f"{r['base_compile']:.0f} s / {r['csre_compile']:.0f} s | {r['peak_gib']:.1f} GiB |",
+            flush=True,
         )
-    base, csre = results["without CSRE"][0], results["with CSRE"][0]
-    print(f"CSRE overhead: {100 * (csre - base) / base:+.1f}%")
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"peak host memory of the process: {peak_gib:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -116,20 +116,28 @@ def temporal_conv(
     stride: int = 1,
     dilation: int = 1,
     name: str | None = None,
+    torch_default_fan_in: int | None = None,
 ) -> nn.Conv:
-    """Conv over T with kernel (k, 1) on (B, T, V, C), PyTorch's symmetric padding, kaiming init.
+    """Conv over T with kernel (k, 1) on (B, T, V, C), PyTorch's symmetric padding.
 
-    Never "SAME": for even T and stride 2 it pads asymmetrically and shifts every window.
+    Kaiming init, or PyTorch's default given the fan-in (Cin * k). Never "SAME": for even T
+    and stride 2 it pads asymmetrically and shifts every window.
     """
     pad = (kernel_size - 1) * dilation // 2
+    init = {"kernel_init": kaiming_fan_out}
+    if torch_default_fan_in:
+        init = {
+            "kernel_init": torch_default_kernel,
+            "bias_init": torch_default_bias(torch_default_fan_in),
+        }
     return nn.Conv(
         features,
         (kernel_size, 1),
         strides=(stride, 1),
         padding=((pad, pad), (0, 0)),
         kernel_dilation=(dilation, 1),
-        kernel_init=kaiming_fan_out,
         name=name,
+        **init,
     )
 
 
@@ -145,8 +153,19 @@ def temporal_max_pool3(x: jax.Array, stride: int) -> jax.Array:
     return y[:, ::stride]
 
 
-def pointwise(features: int, name: str) -> nn.Dense:
-    """A 1x1 Conv2d of the official code as a matmul over channels (kaiming fan_out, bias 0)."""
+def pointwise(features: int, name: str, torch_default_fan_in: int | None = None) -> nn.Dense:
+    """A 1x1 Conv2d of the official code as a matmul over channels.
+
+    Initialised as the GCN repos re-initialise convs (kaiming fan_out, bias 0), or, given the
+    layer's fan-in, with PyTorch's defaults where a repo keeps them.
+    """
+    if torch_default_fan_in:
+        return nn.Dense(
+            features,
+            kernel_init=torch_default_kernel,
+            bias_init=torch_default_bias(torch_default_fan_in),
+            name=name,
+        )
     return nn.Dense(features, kernel_init=kaiming_fan_out, name=name)
 
 
@@ -186,6 +205,7 @@ class UnitTCN(nn.Module):
     stride: int = 1
     dilation: int = 1
     bn_scale_init: nn.initializers.Initializer = nn.initializers.ones
+    torch_default_init: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -195,6 +215,9 @@ class UnitTCN(nn.Module):
             stride=self.stride,
             dilation=self.dilation,
             name="conv",
+            torch_default_fan_in=x.shape[-1] * self.kernel_size
+            if self.torch_default_init
+            else None,
         )(x)
         return BatchNorm(use_running_average=not train, scale_init=self.bn_scale_init, name="bn")(x)
 
@@ -205,7 +228,9 @@ class MSTCN(nn.Module):
     Branches, concatenated in this order along channels, each with an equal share of features:
     one per dilation (1x1 + BN + ReLU, then a strided dilated temporal conv + BN), a max-pool
     branch (1x1 + BN + ReLU, max-pool (3, 1) with -inf padding, BN), and a strided 1x1 + BN.
-    InfoGCN's copy ends with a ReLU (final_relu); the others have no activation there.
+    InfoGCN's copy ends with a ReLU (final_relu) and keeps PyTorch's default initialisation
+    (torch_default_init); the others have no activation there and are re-initialised
+    (kaiming convs, BN scales from Normal(1, 0.02)).
     """
 
     features: int
@@ -213,6 +238,7 @@ class MSTCN(nn.Module):
     stride: int = 1
     dilations: tuple[int, ...] = (1, 2)
     final_relu: bool = False
+    torch_default_init: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -221,13 +247,14 @@ class MSTCN(nn.Module):
             raise ValueError(f"MSTCN features {self.features} not divisible by {num_branches}")
         width = self.features // num_branches
 
+        default = self.torch_default_init
+        bn_scale_init = nn.initializers.ones if default else normal_around(1.0, 0.02)
+
         def bn(name):
-            return BatchNorm(
-                use_running_average=not train, scale_init=normal_around(1.0, 0.02), name=name
-            )
+            return BatchNorm(use_running_average=not train, scale_init=bn_scale_init, name=name)
 
         def reduce(h, b):
-            h = pointwise(width, f"branches_{b}_0")(h)
+            h = pointwise(width, f"branches_{b}_0", h.shape[-1] if default else None)(h)
             return bn(f"branches_{b}_1")(h)
 
         outs = []
@@ -238,7 +265,8 @@ class MSTCN(nn.Module):
                 self.kernel_size,
                 stride=self.stride,
                 dilation=dilation,
-                bn_scale_init=normal_around(1.0, 0.02),
+                bn_scale_init=bn_scale_init,
+                torch_default_init=default,
                 name=f"branches_{b}_3",
             )
             outs.append(tcn(h, train))
