@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-Transform = Callable[
-    [np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]
-]
+Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]]
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 VARIANTS = ("ctrgcn", "csre")

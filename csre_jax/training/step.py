@@ -53,9 +53,7 @@ def make_train_step(
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            targets = optax.smooth_labels(
-                jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing
-            )
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
             ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
             metrics, banks, bank_losses = {"ce": ce}, {}, []
             for i, (name, embedding) in enumerate(sorted(embeddings.items())):
