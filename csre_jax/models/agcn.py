@@ -1,0 +1,153 @@
+"""2S-AGCN (Shi et al., CVPR 2019; lshiwjx/2s-AGCN), channels-last, loadable from the official
+checkpoints.
+
+Module names mirror the official PyTorch attributes (see layers.py) so torch_key below is
+almost the identity.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from csre_jax.models import graphs, torch_io
+from csre_jax.models.ctrgcn import block_plan
+from csre_jax.models.layers import (
+    BatchNorm,
+    UnitTCN,
+    check_input,
+    classify,
+    data_batch_norm,
+    kaiming_fan_out,
+    pointwise,
+)
+
+NUM_SUBSETS = 3
+TEMPORAL_KERNEL = 9
+
+
+class Conv1x1Weights(nn.Module):
+    """The kernel (Cin, Cout) and bias of one official 1x1 conv, returned rather than applied.
+
+    The three subsets' convs keep their own official names (conv_d_0 is conv_d.0) while the
+    unit stacks their weights and runs one matmul for all of them.
+    """
+
+    features: int
+    kernel_init: nn.initializers.Initializer = kaiming_fan_out
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return kernel, bias
+
+
+def _stacked(convs: list[Conv1x1Weights], in_features: int) -> tuple[jax.Array, jax.Array]:
+    """Kernels concatenated along the output axis, biases likewise."""
+    kernels, biases = zip(*(conv(in_features) for conv in convs), strict=True)
+    return jnp.concatenate(kernels, axis=1), jnp.concatenate(biases)
+
+
+class UnitGCN(nn.Module):
+    """Adaptive graph convolution: BN(sum_s conv_d[s](x . (C_s + A_s + PA_s))) + down(x), ReLU.
+
+    C_s = softmax over the source joint v of (conv_a[s](x) . conv_b[s](x)) / (ic * T), with T
+    this layer's length; aggregation is out[w] = sum_v x[v] * adj[v, w] (the transpose of
+    CTR-GCN's convention).
+    """
+
+    features: int
+    graph: str
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        n, t, v, cin = x.shape
+        ic = self.features // 4
+        a_fixed = graphs.spatial_partition(self.graph)  # not a parameter in the official code
+        pa = self.param("PA", nn.initializers.constant(1e-6), a_fixed.shape)
+        embed = [
+            Conv1x1Weights(ic, name=f"conv_{ab}_{s}") for ab in "ab" for s in range(NUM_SUBSETS)
+        ]
+        kernel, bias = _stacked(embed, cin)
+        a, b = jnp.moveaxis((x @ kernel + bias).reshape(n, t, v, 2, NUM_SUBSETS, ic), 3, 0)
+        logits = jnp.einsum("btvsc,btwsc->bsvw", a, b) / (ic * t)
+        adj = jax.nn.softmax(logits, axis=-2) + (a_fixed + pa)
+        # conv_d[s] Normal(0, sqrt(2 / (Cout * Cin * 3))): conv_branch_init, fan over subsets
+        branch_init = nn.initializers.normal(math.sqrt(2.0 / (self.features * cin * NUM_SUBSETS)))
+        project = [
+            Conv1x1Weights(self.features, branch_init, name=f"conv_d_{s}")
+            for s in range(NUM_SUBSETS)
+        ]
+        kernel, bias = _stacked(project, cin)  # (Cin, S*Cout)
+        kernel = kernel.reshape(cin, NUM_SUBSETS, self.features)
+        # Aggregate before projecting, as the official code: it keeps conv_d's bias outside
+        # the graph product (adj's columns do not sum to 1) and contracts over the narrower Cin.
+        z = jnp.einsum("btvc,bsvw->btwsc", x, adj)
+        y = jnp.einsum("btwsc,cso->btwo", z, kernel) + bias.reshape(NUM_SUBSETS, -1).sum(0)
+        y = BatchNorm(
+            use_running_average=not train, scale_init=nn.initializers.constant(1e-6), name="bn"
+        )(y)
+        if cin != self.features:
+            x = pointwise(self.features, "down_0")(x)
+            x = BatchNorm(use_running_average=not train, name="down_1")(x)
+        return nn.relu(y + x)
+
+
+class TCNGCN(nn.Module):
+    """One block: ReLU(unit_tcn9(GCN(x)) + residual(x)); the temporal unit carries the stride."""
+
+    features: int
+    graph: str
+    stride: int = 1
+    residual: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = UnitGCN(self.features, self.graph, name="gcn1")(x, train)
+        y = UnitTCN(self.features, TEMPORAL_KERNEL, stride=self.stride, name="tcn1")(y, train)
+        if not self.residual:
+            return nn.relu(y)
+        if x.shape[-1] == self.features and self.stride == 1:
+            return nn.relu(y + x)
+        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+
+
+class AGCN(nn.Module):
+    """2S-AGCN on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
+
+    features: the last block's map as (N, M, T', V, C'), channels-last, for the CSRE head.
+    The official model has no dropout; `dropout` (default 0) is the shared head's.
+    """
+
+    num_classes: int
+    graph: str
+    num_person: int
+    in_channels: int = 3
+    base_channels: int = 64
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
+        n, c, t, v, m = x.shape
+        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
+        x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
+        x = x.reshape(n * m, t, v, c)  # batch row n*M + m
+        for i, (features, stride) in enumerate(block_plan(self.base_channels)):
+            x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
+        feats = x.reshape(n, m, *x.shape[1:])
+        logits = classify(feats, self.num_classes, self.dropout, train)
+        return (logits, feats) if return_features else logits
+
+
+def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> AGCN:
+    """Registry constructor: "ntu" is the 2s-AGCN/CTR-GCN NTU graph, "ucla" the NW-UCLA one."""
+    return AGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
+
+
+def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
+    """Official state_dict key and layout kind of one Flax variable; fc is the only Linear."""
+    kind = "linear" if path == ("fc", "kernel") else torch_io.default_kind(path, ndim)
+    return torch_io.default_torch_key(collection, path), kind
