@@ -1,0 +1,256 @@
+"""BlockGCN (Zhou et al., CVPR 2024), channels-last, loadable from the official checkpoints.
+
+Module names mirror the official PyTorch attributes (see layers.py) so torch_key below is
+almost the identity. The persistent-homology descriptor of the official topology branch
+(torch-topological) is computed in JAX: 0-dimensional Vietoris-Rips deaths are the edge
+lengths of a minimum spanning tree.
+"""
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from csre_jax.models import graphs, torch_io
+from csre_jax.models.layers import (
+    MSTCN,
+    BatchNorm,
+    GroupedPointwise,
+    UnitTCN,
+    check_input,
+    classify,
+    embed_joints,
+    pointwise,
+    torch_default_bias,
+    torch_default_kernel,
+)
+
+NUM_SUBSETS = 3
+NUM_TOPO_ELEMENTS = 64  # StructureElementLayer(n_elements=64); TopoTrans maps 64 -> C
+GRAPHS = {"ntu": "ntu_hyperformer", "ucla": "ucla"}
+
+
+def mst_edge_lengths(points: jax.Array) -> jax.Array:
+    """(P, D) points -> (P - 1,) edge lengths of their Euclidean minimum spanning tree.
+
+    Prim's algorithm in a fori_loop, so it jits; only the multiset of lengths is meaningful.
+    Distances are plain differences, as torch.cdist computes them for up to 25 points.
+    """
+    dist = jnp.sqrt(jnp.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1))
+    num = points.shape[0]
+
+    def add_nearest(i, carry):
+        in_tree, nearest, lengths = carry
+        j = jnp.argmin(jnp.where(in_tree, jnp.inf, nearest))
+        lengths = lengths.at[i].set(nearest[j])
+        return in_tree.at[j].set(True), jnp.minimum(nearest, dist[j]), lengths
+
+    in_tree = jnp.arange(num) == 0
+    lengths = jnp.zeros(num - 1, dist.dtype)
+    return jax.lax.fori_loop(0, num - 1, add_nearest, (in_tree, dist[0], lengths))[2]
+
+
+def persistence_deaths(joint: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Finite 0-dim VR deaths of each sample of joint (N, 3, T, V, M): ((N, V-1), valid mask).
+
+    Joints are averaged over persons and time, their pairwise distances (N, V, V) are min-max
+    scaled with the min and max of the whole batch, and the V rows of each sample's matrix are
+    taken as points in R^V. Births are 0 and the deaths are the MST edge lengths; zero-length
+    edges (duplicate points) give no pair, so they are marked invalid.
+    """
+    centre = joint.mean(axis=(2, 4))  # (N, 3, V)
+    dist = jnp.sqrt(jnp.sum((centre[:, :, :, None] - centre[:, :, None, :]) ** 2, axis=1))
+    dist = (dist - dist.min()) / (dist.max() - dist.min())
+    deaths = jax.vmap(mst_edge_lengths)(dist)
+    return deaths, deaths > 0
+
+
+def topology_descriptor(joint: jax.Array, centres: jax.Array, sharpness: jax.Array) -> jax.Array:
+    """BlockGCN's Topo: structure-element encoding (N, E) of the persistence deaths.
+
+    a[n, e] = sum over sample n's deaths l of exp(-(s[e,0]^2 c[e,0]^2 + s[e,1]^2 (c[e,1] - l)^2))
+    + (Lmax - |L_n|): torch-topological pads every diagram to the batch's longest (Lmax) with
+    NaN rows, and each padding row contributes exp(-nansum(NaN...)) = 1. Depends on the whole
+    batch (scaling and Lmax). joint is data, so it is cut from the gradient (the persistence
+    step has no useful one); centres and sharpness get theirs. A batch without any spread
+    (all joints equal, e.g. zeros) cannot be scaled: every edge is then invalid and a = 0.
+    """
+    deaths, valid = persistence_deaths(jax.lax.stop_gradient(joint))
+    deaths = jnp.where(valid, deaths, 0.0)  # keep dropped edges out of the gradient too
+    count = valid.sum(axis=1).astype(centres.dtype)
+    sq = sharpness**2
+    energy = sq[:, 0] * centres[:, 0] ** 2 + sq[:, 1] * (centres[:, 1] - deaths[..., None]) ** 2
+    kept = jnp.where(valid[..., None], jnp.exp(-energy), 0.0).sum(axis=1)  # (N, E)
+    return kept + (count.max() - count)[:, None]
+
+
+class StructureElements(nn.Module):
+    """torch-topological's StructureElementLayer parameters: centres U[0, 1), sharpness 3."""
+
+    num_elements: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        shape = (self.num_elements, 2)
+        centres = self.param("centres", nn.initializers.uniform(1.0), shape)
+        sharpness = self.param("sharpness", nn.initializers.constant(3.0), shape)
+        return centres, sharpness
+
+
+class Topo(nn.Module):
+    """The topology vector a (N, 64) of the absolute joints, see topology_descriptor."""
+
+    @nn.compact
+    def __call__(self, joint):
+        return topology_descriptor(joint, *StructureElements(NUM_TOPO_ELEMENTS, name="pl")())
+
+
+class TopoTrans(nn.Module):
+    """ReLU(BN1d(Linear(a))) per feature row, added to the map before a block."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, a_rows, train: bool):
+        h = nn.Dense(
+            self.features,
+            kernel_init=torch_default_kernel,
+            bias_init=torch_default_bias(a_rows.shape[-1]),
+            name="mlp",
+        )(a_rows)
+        return nn.relu(BatchNorm(use_running_average=not train, name="bn")(h))
+
+
+def _column_normalised(w: jax.Array) -> jax.Array:
+    """w / (L2 norm over the source-joint axis -2 + 1e-4).
+
+    The norm has torch.norm's zero gradient at 0 (the zero-initialised rpe), not NaN.
+    """
+    sq = jnp.sum(w * w, axis=-2, keepdims=True)
+    norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    return w / (norm + 1e-4)
+
+
+class BlockGC(nn.Module):
+    """Block graph convolution: per subset s and head g (contiguous channel group),
+    z[t, w] = sum_v x[t, v] W[s, g, v, w], then a grouped 1x1 conv; BN of the sum over
+    subsets, down-projection residual, ReLU.
+
+    W[s, g] = fc1[s, g] and the hop embedding rpe[s, g, hops] each column-normalised over v.
+    The official code uses 8 heads, or 1 for Cin <= 8, which no BlockGCN layer has; num_heads
+    must divide the widths.
+    """
+
+    features: int
+    graph: str
+    num_heads: int = 8
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        b, t, v, cin = x.shape
+        heads = self.num_heads
+        hops = graphs.hop_distance(self.graph)
+        fc1 = self.param(
+            "fc1", lambda key: jnp.tile(jnp.eye(v), (NUM_SUBSETS, heads, 1, 1))
+        )  # identity per (subset, head)
+        rpe = self.param("rpe", nn.initializers.zeros, (NUM_SUBSETS, heads, int(hops.max()) + 1))
+        weights = _column_normalised(fc1) + _column_normalised(rpe[:, :, hops])
+        x_heads = x.reshape(b, t, v, heads, cin // heads)
+        y = 0.0
+        for s in range(NUM_SUBSETS):
+            z = jnp.einsum("btvhc,hvw->btwhc", x_heads, weights[s]).reshape(b, t, v, cin)
+            y = y + GroupedPointwise(self.features, heads, name=f"fc2_{s}")(z)
+        y = BatchNorm(use_running_average=not train, name="bn")(y)
+        if cin != self.features:
+            x = pointwise(self.features, "down_0")(x)
+            x = BatchNorm(use_running_average=not train, name="down_1")(x)
+        return nn.relu(y + x)
+
+
+class TCNGCN(nn.Module):
+    """One block: ReLU(MS-TCN(BlockGC(x)) + residual(x)); the MS-TCN carries the stride."""
+
+    features: int
+    graph: str
+    num_heads: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = BlockGC(self.features, self.graph, self.num_heads, name="gcn1")(x, train)
+        y = MSTCN(self.features, stride=self.stride, name="tcn1")(y, train)
+        if x.shape[-1] == self.features and self.stride == 1:
+            return nn.relu(y + x)
+        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+
+
+def block_plan(base_channels: int) -> list[tuple[int, int]]:
+    """(features, stride) of blocks l1..l10; l8 strides too, but keeps the width."""
+    c = base_channels
+    return [(c, 1)] * 4 + [(2 * c, 2)] + [(2 * c, 1)] * 2 + [(2 * c, 2)] + [(2 * c, 1)] * 2
+
+
+class BlockGCN(nn.Module):
+    """BlockGCN on x (N, C, T, V, M) and the absolute joints joint (N, 3, T, V, M).
+
+    Returns logits (N, num_classes), optionally with features: the l10 map as
+    (N, M, T', V, C'), channels-last, rows n*M + m, for the CSRE head.
+
+    Batch-dependent quirks of the official model, reproduced on purpose:
+    * the topology vector a of a sample depends on the other samples: the distance scaling
+      uses the batch's min and max, and shorter persistence diagrams are padded to the
+      batch's longest, each padding row adding 1;
+    * TopoTrans tiles a (N, 64) M times along the batch, so feature row r = n*M + m gets
+      a[r mod N], the vector of sample (n*M + m) mod N, not its own (the official
+      concat([a, a]) for M = 2). With M = 1 (NW-UCLA) tiling is the identity and each sample
+      gets its own vector.
+    So logits change with batch composition and size; compare with PyTorch on equal batches.
+    """
+
+    extra_inputs: ClassVar[tuple[str, ...]] = ("joint",)
+
+    num_classes: int
+    graph: str
+    num_person: int
+    in_channels: int = 3
+    base_channels: int = 128
+    num_heads: int = 8
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, joint, train: bool = False, return_features: bool = False):
+        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
+        n, c, t, v, m = x.shape
+        if joint.shape != (n, 3, t, v, m):
+            raise ValueError(f"BlockGCN expects joint {(n, 3, t, v, m)}, got {joint.shape}")
+        a_rows = jnp.tile(Topo(name="topo")(joint), (m, 1))  # row r gets a[r mod N]
+        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
+        x = embed_joints(self, x, self.base_channels, train)
+        x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
+        for i, (features, stride) in enumerate(block_plan(self.base_channels)):
+            topo = TopoTrans(x.shape[-1], name=f"t{i}")(a_rows, train)
+            block = TCNGCN(features, self.graph, self.num_heads, stride, name=f"l{i + 1}")
+            x = block(x + topo[:, None, None, :], train)
+        feats = x.reshape(n, m, *x.shape[1:])
+        logits = classify(feats, self.num_classes, self.dropout, train)
+        return (logits, feats) if return_features else logits
+
+
+def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> BlockGCN:
+    """Registry constructor: NTU uses the Hyperformer hand edges, which fix the hop table."""
+    if dataset not in GRAPHS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(GRAPHS)}")
+    return BlockGCN(num_classes=num_classes, graph=GRAPHS[dataset], num_person=num_person, **kwargs)
+
+
+_LINEARS = ("to_joint_embedding", "mlp", "fc")
+
+
+def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
+    """Official state_dict key and layout kind of one Flax variable."""
+    if path[-1] == "kernel" and path[-2] in _LINEARS:
+        kind = "linear"
+    else:
+        kind = torch_io.default_kind(path, ndim)
+    return torch_io.default_torch_key(collection, path), kind

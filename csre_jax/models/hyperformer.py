@@ -1,0 +1,213 @@
+"""Hyperformer (Zhou et al., 2022) as released with CSRE, channels-last, loadable from the
+official checkpoints.
+
+Each block is hypergraph self-attention over the joints of every frame, then the MS-TCN.
+Module names mirror the official PyTorch attributes, so torch_key is the default mapping.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from csre_jax.models import graphs, torch_io
+from csre_jax.models.layers import (
+    MSTCN,
+    BatchNorm,
+    GroupedPointwise,
+    UnitTCN,
+    check_input,
+    classify,
+    data_batch_norm,
+    torch_default_bias,
+    torch_default_kernel,
+)
+
+DATASET_GRAPHS = {"ntu": "ntu_hyperformer", "ucla": "ucla"}
+# Joint groups (hyperedges) of the official configs. The NW-UCLA list is the joint/motion
+# one; the bone configs use another (recipes.md §2), passed as `joint_label`.
+DEFAULT_JOINT_LABELS = {
+    "ntu_hyperformer": (0, 4, 2, 2, 2, 2, 1, 1, 2, 2, 1, 1, 2, 3, 3, 3, 2, 3, 3, 3, 1, 0, 1, 0, 1),
+    "ucla": (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2),
+}
+STRIDE_TWO_BLOCKS = (5, 8)
+
+
+def torch_conv1x1(features: int, name: str) -> nn.Dense:
+    """A bias-free 1x1 Conv2d with PyTorch's default init (Hyperformer never re-initialises
+    its convs), as a matmul over channels."""
+    return nn.Dense(features, use_bias=False, kernel_init=torch_default_kernel, name=name)
+
+
+def group_matrices(joint_label: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(V, K) weights averaging each group's joints and the (K, V) one-hot that hands every
+    joint its group's feature back."""
+    label = np.asarray(joint_label)
+    one_hot = np.eye(label.max() + 1, dtype=np.float32)[label]
+    sizes = one_hot.sum(axis=0)
+    if label.min() < 0 or not sizes.all():
+        raise ValueError(f"joint_label must use every group 0..K-1, got {joint_label}")
+    return one_hot / sizes, one_hot.T
+
+
+class MHSA(nn.Module):
+    """Hypergraph multi-head self-attention over the joints of each frame (official `attn`).
+
+    Per head: logit[u, w] = q_u.(k_w + rpe[hops[u, w]] + e_w) + w1.e_w, all scaled by
+    head_dim^-1/2; out = proj((alpha * softmax_w(logit) + outer) @ v). Heads and (batch, time)
+    are batch axes of the einsums.
+    """
+
+    num_heads: int
+    head_dim: int
+    proj_groups: int
+    graph: str
+
+    @nn.compact
+    def __call__(self, x, e):
+        h, d = self.num_heads, self.head_dim
+        dim = h * d
+        hops = graphs.hop_distance(self.graph)
+        num_joints = hops.shape[0]
+        rpe = self.param("rpe", nn.initializers.zeros, (int(hops.max()) + 1, dim))
+        w1 = self.param("w1", nn.initializers.zeros, (h, d))
+        outer = self.param(
+            "outer", lambda key: jnp.broadcast_to(jnp.eye(num_joints), (h, num_joints, num_joints))
+        )
+        alpha = self.param("alpha", nn.initializers.zeros, (1,))
+
+        def heads(y):  # channel h*d + j -> head h, dim j
+            return y.reshape(*y.shape[:-1], h, d)
+
+        kv = torch_conv1x1(2 * dim, "kv")(x)  # channels [K | V]
+        k, v = heads(kv[..., :dim]), heads(kv[..., dim:])
+        q = heads(torch_conv1x1(dim, "q")(x))
+        e = heads(e)
+        pos = heads(jnp.take(rpe, hops, axis=0))  # (U, W, H, d)
+        logits = (
+            jnp.einsum("btuhc,btwhc->bthuw", q, k + e)
+            + jnp.einsum("btuhc,uwhc->bthuw", q, pos)
+            + jnp.einsum("hc,btwhc->bthw", w1, e)[:, :, :, None, :]
+        )
+        attn = nn.softmax(logits * d**-0.5, axis=-1)
+        out = jnp.einsum("bthuw,btwhc->btuhc", alpha * attn + outer, v)
+        return GroupedPointwise(
+            dim,
+            self.proj_groups,
+            kernel_init=torch_default_kernel,
+            bias_init=torch_default_bias(dim // self.proj_groups),
+            name="proj",
+        )(out.reshape(*out.shape[:-2], dim))
+
+
+class UnitViT(nn.Module):
+    """skip(x) + MHSA(LayerNorm(x), e), where the hyperedge feature e comes from the raw x:
+    each group's mean joint through the bias-free pe_proj, handed to every joint of the group.
+    No FFN (the official one is commented out)."""
+
+    num_heads: int
+    head_dim: int
+    proj_groups: int
+    graph: str
+    joint_label: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        dim = self.num_heads * self.head_dim
+        group_mean, to_joints = group_matrices(self.joint_label)
+        groups = jnp.einsum("btvc,vk->btkc", x, group_mean)
+        e = jnp.einsum("btkc,kv->btvc", torch_conv1x1(dim, "pe_proj")(groups), to_joints)
+        normed = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm1")(x)
+        att = MHSA(self.num_heads, self.head_dim, self.proj_groups, self.graph, name="attn")(
+            normed, e
+        )
+        skip = x if x.shape[-1] == dim else torch_conv1x1(dim, "skip_proj")(x)
+        return skip + att
+
+
+class TCNViT(nn.Module):
+    """One block: ReLU(MS-TCN(ViT(x)) + residual(x)); the MS-TCN carries the stride."""
+
+    num_heads: int
+    head_dim: int
+    proj_groups: int
+    graph: str
+    joint_label: tuple[int, ...]
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        dim = self.num_heads * self.head_dim
+        y = UnitViT(
+            self.num_heads,
+            self.head_dim,
+            self.proj_groups,
+            self.graph,
+            self.joint_label,
+            name="vit1",
+        )(x)
+        y = MSTCN(dim, stride=self.stride, name="tcn1")(y, train)
+        if x.shape[-1] == dim and self.stride == 1:
+            return nn.relu(y + x)
+        return nn.relu(y + UnitTCN(dim, 1, stride=self.stride, name="residual")(x, train))
+
+
+class Hyperformer(nn.Module):
+    """Hyperformer on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
+
+    features: l10's map as (N, M, T', V, D), channels-last, where CSRE's STFD head attaches.
+    joint_label None means the graph's default groups (DEFAULT_JOINT_LABELS).
+    """
+
+    num_classes: int
+    graph: str
+    num_person: int
+    in_channels: int = 3
+    num_heads: int = 9
+    head_dim: int = 24
+    proj_groups: int = 6
+    joint_label: tuple[int, ...] | None = None
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_features: bool = False):
+        num_joints = graphs.num_joints(self.graph)
+        check_input(self, x, num_joints, self.num_person)
+        joint_label = self.joint_label
+        if joint_label is None:
+            if self.graph not in DEFAULT_JOINT_LABELS:
+                raise ValueError(f"no default joint_label for graph {self.graph!r}; pass one")
+            joint_label = DEFAULT_JOINT_LABELS[self.graph]
+        if len(joint_label) != num_joints:
+            raise ValueError(f"joint_label has {len(joint_label)} entries for {num_joints} joints")
+        n, c, t, v, m = x.shape
+        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
+        x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
+        x = x.reshape(n * m, t, v, c)  # batch row n*M + m
+        for i in range(1, 11):
+            x = TCNViT(
+                self.num_heads,
+                self.head_dim,
+                self.proj_groups,
+                self.graph,
+                tuple(joint_label),
+                stride=2 if i in STRIDE_TWO_BLOCKS else 1,
+                name=f"l{i}",
+            )(x, train)
+        feats = x.reshape(n, m, *x.shape[1:])
+        logits = classify(feats, self.num_classes, self.dropout, train)
+        return (logits, feats) if return_features else logits
+
+
+def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Hyperformer:
+    """Registry constructor: NTU uses the Hyperformer hand edges (tip and thumb on the hand)."""
+    if dataset not in DATASET_GRAPHS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_GRAPHS)}")
+    return Hyperformer(
+        num_classes=num_classes, graph=DATASET_GRAPHS[dataset], num_person=num_person, **kwargs
+    )
+
+
+def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
+    """Official state_dict key and layout kind of one Flax variable; fc is the only Linear."""
+    kind = "linear" if path == ("fc", "kernel") else torch_io.default_kind(path, ndim)
+    return torch_io.default_torch_key(collection, path), kind
