@@ -52,6 +52,9 @@ def base_config() -> ConfigDict:
     config.eval_every_epochs = 1
     config.log_every_steps = 50
     config.checkpoint_every_steps = 0  # 0: only at epoch ends
+    # Mixed precision: "bfloat16" runs the network in bf16 (for GPUs and TPUs); parameters,
+    # optimizer state, BatchNorm statistics, banks, similarities and losses stay float32.
+    config.compute_dtype = "float32"
 
     config.data = ConfigDict()
     config.data.name = "synthetic"

@@ -196,3 +196,24 @@ def test_config_arguments_pick_benchmark_and_stream():
     assert (ucla.data.name, ucla.data.stream, ucla.data.batch_size) == ("ucla", "bone", 16)
     with pytest.raises(ValueError, match="unknown config argument 'xsub'"):
         ctrgcn_ucla.get_config("xsub")
+
+
+def test_bfloat16_compute_keeps_float32_state_and_close_logits():
+    """Mixed precision: the network runs in bf16, everything stored stays float32."""
+    exps = {d: loop.build(tiny_config(compute_dtype=d)) for d in ("float32", "bfloat16")}
+    state = loop.init_state(exps["bfloat16"])
+    train_step, eval_step = loop.compile_steps(exps["bfloat16"], state)
+    split = exps["bfloat16"].dataset.train
+    batch = {"x": split.x[:16], "label": split.labels[:16], "index": np.arange(16, dtype=np.int32)}
+    for _ in range(2):
+        state, metrics = train_step(state, loop.parallel.global_batch(batch, exps["bfloat16"].mesh))
+        assert np.isfinite(float(metrics["loss"]))
+    stored = [state.params, state.batch_stats, state.opt_state, state.banks]
+    floats = [a for a in jax.tree.leaves(stored) if jax.numpy.issubdtype(a.dtype, np.floating)]
+    assert floats and all(a.dtype == np.float32 for a in floats)
+    variables = state.backbone_variables()
+    _, f32_eval = loop.compile_steps(exps["float32"], state)
+    x = {"x": loop.parallel.global_batch({"x": split.x[:16]}, exps["bfloat16"].mesh)["x"]}
+    low, full = np.asarray(eval_step(variables, x)), np.asarray(f32_eval(variables, x))
+    assert not np.array_equal(low, full)  # it really ran in bf16
+    assert np.abs(low - full).max() <= 0.05 * np.abs(full).max()

@@ -132,13 +132,14 @@ def compile_steps(exp: Experiment, state: TrainState):
             _contrast_config(exp.config.csre),
             exp.config.csre.weight,
             exp.config.loss.label_smoothing,
+            jnp.dtype(exp.config.get("compute_dtype", "float32")),
         ),
         in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
         out_shardings=(shardings, parallel.replicated(exp.mesh)),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(exp.backbone),
+        make_eval_step(exp.backbone, jnp.dtype(exp.config.get("compute_dtype", "float32"))),
         in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
         out_shardings=parallel.replicated(exp.mesh),
     )

@@ -14,6 +14,17 @@ from csre_jax.training.state import TrainState
 Batch = dict[str, jax.Array]
 
 
+def cast_floats(tree, dtype: jnp.dtype):
+    """Floating leaves of a pytree in `dtype`: the compute copy of float32 parameters and inputs.
+
+    Mixed precision keeps parameters, optimizer state, BatchNorm statistics and banks in
+    float32 and runs the network in `dtype`; gradients flow back through the cast in float32.
+    """
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
 def model_inputs(backbone: nn.Module, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """x and the backbone's extra keyword inputs from a batch, naming what a batch lacks."""
     missing = [k for k in ("x", *extra_inputs(backbone)) if k not in batch]
@@ -32,21 +43,24 @@ def make_train_step(
     contrast: ContrastConfig,
     contrast_weight: float,
     label_smoothing: float = 0.0,
+    compute_dtype: jnp.dtype = jnp.float32,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """loss = CE + contrast_weight * mean over banks of each bank's InfoNCE (csre.md §5).
 
     label_smoothing spreads that much target mass uniformly over the classes (InfoGCN's 0.1).
+    The network runs in compute_dtype (e.g. bfloat16); logits, embeddings, similarities,
+    the losses and everything stored stay float32.
     """
 
     def train_step(state: TrainState, batch: Batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
         dropout_rng, bank_rng = jax.random.split(step_rng)
         labels, indices = batch["label"], batch["index"]
-        x, extras = model_inputs(model.backbone, batch)
+        x, extras = cast_floats(model_inputs(model.backbone, batch), compute_dtype)
 
         def loss_fn(params):
             (logits, embeddings), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
+                {"params": cast_floats(params, compute_dtype), "batch_stats": state.batch_stats},
                 x,
                 **extras,
                 train=True,
@@ -58,7 +72,7 @@ def make_train_step(
             metrics, banks, bank_losses = {"ce": ce}, {}, []
             for i, (name, embedding) in enumerate(sorted(embeddings.items())):
                 loss, banks[name], bank_metrics = bank_loss(
-                    embedding,
+                    embedding.astype(jnp.float32),
                     labels,
                     indices,
                     state.banks[name],
@@ -73,7 +87,8 @@ def make_train_step(
                 total = total + contrast_weight * jnp.mean(jnp.stack(bank_losses))
             metrics["loss"] = total
             metrics["top1"] = jnp.mean(jnp.argmax(logits, -1) == labels)
-            return total, (updates["batch_stats"], banks, metrics)
+            batch_stats = cast_floats(updates["batch_stats"], jnp.float32)
+            return total, (batch_stats, banks, metrics)
 
         grads, (batch_stats, banks, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -90,11 +105,14 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(backbone: nn.Module) -> Callable[[dict, Batch], jax.Array]:
+def make_eval_step(
+    backbone: nn.Module, compute_dtype: jnp.dtype = jnp.float32
+) -> Callable[[dict, Batch], jax.Array]:
     """Logits of the backbone alone in eval mode: heads and banks play no part."""
 
     def eval_step(variables, batch):
-        x, extras = model_inputs(backbone, batch)
+        x, extras = cast_floats(model_inputs(backbone, batch), compute_dtype)
+        variables = {**variables, "params": cast_floats(variables["params"], compute_dtype)}
         return backbone.apply(variables, x, **extras, train=False).astype(jnp.float32)
 
     return eval_step
