@@ -14,13 +14,13 @@ import jax.numpy as jnp
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.ctrgcn import block_plan
 from csre_jax.models.layers import (
-    BatchNorm,
     UnitTCN,
+    block_output,
     check_input,
     classify,
-    data_batch_norm,
+    graph_conv_output,
     kaiming_fan_out,
-    pointwise,
+    normalized_person_rows,
 )
 
 NUM_SUBSETS = 3
@@ -86,13 +86,7 @@ class UnitGCN(nn.Module):
         # the graph product (adj's columns do not sum to 1) and contracts over the narrower Cin.
         z = jnp.einsum("btvc,bsvw->btwsc", x, adj)
         y = jnp.einsum("btwsc,cso->btwo", z, kernel) + bias.reshape(NUM_SUBSETS, -1).sum(0)
-        y = BatchNorm(
-            use_running_average=not train, scale_init=nn.initializers.constant(1e-6), name="bn"
-        )(y)
-        if cin != self.features:
-            x = pointwise(self.features, "down_0")(x)
-            x = BatchNorm(use_running_average=not train, name="down_1")(x)
-        return nn.relu(y + x)
+        return graph_conv_output(y, x, train)
 
 
 class TCNGCN(nn.Module):
@@ -109,9 +103,7 @@ class TCNGCN(nn.Module):
         y = UnitTCN(self.features, TEMPORAL_KERNEL, stride=self.stride, name="tcn1")(y, train)
         if not self.residual:
             return nn.relu(y)
-        if x.shape[-1] == self.features and self.stride == 1:
-            return nn.relu(y + x)
-        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+        return block_output(y, x, self.stride, train)
 
 
 class AGCN(nn.Module):
@@ -131,10 +123,8 @@ class AGCN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         check_input(self, x, graphs.num_joints(self.graph), self.num_person)
-        n, c, t, v, m = x.shape
-        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
-        x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
-        x = x.reshape(n * m, t, v, c)  # batch row n*M + m
+        n, m = x.shape[0], x.shape[-1]
+        x = normalized_person_rows(x, train)
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):
             x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
         feats = x.reshape(n, m, *x.shape[1:])

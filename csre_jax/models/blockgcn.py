@@ -17,11 +17,12 @@ from csre_jax.models.layers import (
     MSTCN,
     BatchNorm,
     GroupedPointwise,
-    UnitTCN,
+    block_output,
     check_input,
     classify,
     embed_joints,
-    pointwise,
+    graph_conv_output,
+    person_rows,
     torch_default_bias,
     torch_default_kernel,
 )
@@ -161,11 +162,7 @@ class BlockGC(nn.Module):
         for s in range(NUM_SUBSETS):
             z = jnp.einsum("btvhc,hvw->btwhc", x_heads, weights[s]).reshape(b, t, v, cin)
             y = y + GroupedPointwise(self.features, heads, name=f"fc2_{s}")(z)
-        y = BatchNorm(use_running_average=not train, name="bn")(y)
-        if cin != self.features:
-            x = pointwise(self.features, "down_0")(x)
-            x = BatchNorm(use_running_average=not train, name="down_1")(x)
-        return nn.relu(y + x)
+        return graph_conv_output(y, x, train, bn_scale=1.0)
 
 
 class TCNGCN(nn.Module):
@@ -180,9 +177,7 @@ class TCNGCN(nn.Module):
     def __call__(self, x, train: bool):
         y = BlockGC(self.features, self.graph, self.num_heads, name="gcn1")(x, train)
         y = MSTCN(self.features, stride=self.stride, name="tcn1")(y, train)
-        if x.shape[-1] == self.features and self.stride == 1:
-            return nn.relu(y + x)
-        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+        return block_output(y, x, self.stride, train)
 
 
 def block_plan(base_channels: int) -> list[tuple[int, int]]:
@@ -225,8 +220,7 @@ class BlockGCN(nn.Module):
         if joint.shape != (n, 3, t, v, m):
             raise ValueError(f"BlockGCN expects joint {(n, 3, t, v, m)}, got {joint.shape}")
         a_rows = jnp.tile(Topo(name="topo")(joint), (m, 1))  # row r gets a[r mod N]
-        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
-        x = embed_joints(self, x, self.base_channels, train)
+        x = embed_joints(self, person_rows(x), self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):
             topo = TopoTrans(x.shape[-1], name=f"t{i}")(a_rows, train)

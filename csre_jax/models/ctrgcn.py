@@ -10,11 +10,11 @@ import jax.numpy as jnp
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
-    BatchNorm,
-    UnitTCN,
+    block_output,
     check_input,
     classify,
-    data_batch_norm,
+    graph_conv_output,
+    normalized_person_rows,
     pointwise,
 )
 
@@ -59,13 +59,7 @@ class UnitGCN(nn.Module):
             CTRGC(self.features, rel_features, name=f"convs_{s}")(x, x_mean, pa[s], alpha)
             for s in range(NUM_SUBSETS)
         )
-        y = BatchNorm(
-            use_running_average=not train, scale_init=nn.initializers.constant(1e-6), name="bn"
-        )(y)
-        if cin != self.features:
-            x = pointwise(self.features, "down_0")(x)
-            x = BatchNorm(use_running_average=not train, name="down_1")(x)
-        return nn.relu(y + x)
+        return graph_conv_output(y, x, train)
 
 
 class TCNGCN(nn.Module):
@@ -82,9 +76,7 @@ class TCNGCN(nn.Module):
         y = MSTCN(self.features, stride=self.stride, name="tcn1")(y, train)
         if not self.residual:
             return nn.relu(y)
-        if x.shape[-1] == self.features and self.stride == 1:
-            return nn.relu(y + x)
-        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+        return block_output(y, x, self.stride, train)
 
 
 def block_plan(base_channels: int) -> list[tuple[int, int]]:
@@ -109,10 +101,8 @@ class CTRGCN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         check_input(self, x, graphs.num_joints(self.graph), self.num_person)
-        n, c, t, v, m = x.shape
-        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
-        x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
-        x = x.reshape(n * m, t, v, c)  # batch row n*M + m
+        n, m = x.shape[0], x.shape[-1]
+        x = normalized_person_rows(x, train)
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):
             x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
         feats = x.reshape(n, m, *x.shape[1:])

@@ -12,12 +12,11 @@ import numpy as np
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
-    BatchNorm,
     GroupedPointwise,
-    UnitTCN,
+    block_output,
     check_input,
     classify,
-    data_batch_norm,
+    normalized_person_rows,
     torch_default_bias,
     torch_default_kernel,
 )
@@ -146,9 +145,7 @@ class TCNViT(nn.Module):
             name="vit1",
         )(x)
         y = MSTCN(dim, stride=self.stride, name="tcn1")(y, train)
-        if x.shape[-1] == dim and self.stride == 1:
-            return nn.relu(y + x)
-        return nn.relu(y + UnitTCN(dim, 1, stride=self.stride, name="residual")(x, train))
+        return block_output(y, x, self.stride, train)
 
 
 class Hyperformer(nn.Module):
@@ -179,10 +176,8 @@ class Hyperformer(nn.Module):
             joint_label = DEFAULT_JOINT_LABELS[self.graph]
         if len(joint_label) != num_joints:
             raise ValueError(f"joint_label has {len(joint_label)} entries for {num_joints} joints")
-        n, c, t, v, m = x.shape
-        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
-        x = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), x)
-        x = x.reshape(n * m, t, v, c)  # batch row n*M + m
+        n, m = x.shape[0], x.shape[-1]
+        x = normalized_person_rows(x, train)
         for i in range(1, 11):
             x = TCNViT(
                 self.num_heads,

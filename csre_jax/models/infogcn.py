@@ -15,11 +15,11 @@ import numpy as np
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
-    BatchNorm,
-    UnitTCN,
+    block_output,
     check_input,
     embed_joints,
-    pointwise,
+    graph_conv_output,
+    person_rows,
     torch_default_bias,
 )
 
@@ -99,13 +99,7 @@ class SAGC(nn.Module):
             nn.Dense(self.features, kernel_init=conv_d_init, name=f"conv_d_{h}")(z[:, :, h])
             for h in range(self.num_heads)
         )
-        y = BatchNorm(
-            use_running_average=not train, scale_init=nn.initializers.constant(1e-6), name="bn"
-        )(y)
-        if cin != self.features:
-            x = pointwise(self.features, "down_0")(x)
-            x = BatchNorm(use_running_average=not train, name="down_1")(x)
-        return nn.relu(y + x)
+        return graph_conv_output(y, x, train)
 
 
 class EncodingBlock(nn.Module):
@@ -125,9 +119,7 @@ class EncodingBlock(nn.Module):
             torch_default_init=True,
             name="tcn",
         )(y, train)
-        if x.shape[-1] == self.features and self.stride == 1:
-            return nn.relu(y + x)
-        return nn.relu(y + UnitTCN(self.features, 1, stride=self.stride, name="residual")(x, train))
+        return block_output(y, x, self.stride, train)
 
 
 def block_plan(base_channels: int) -> list[tuple[int, int]]:
@@ -157,8 +149,7 @@ class InfoGCN(nn.Module):
     def __call__(self, x, train: bool = False, return_features: bool = False):
         check_input(self, x, graphs.num_joints(self.graph), self.num_person)
         n, _, t, v, m = x.shape
-        x = jnp.transpose(x, (0, 4, 2, 3, 1))  # (N, M, T, V, C): the one layout change
-        x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.graph, self.k), x)
+        x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.graph, self.k), person_rows(x))
         x = embed_joints(self, x, self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):

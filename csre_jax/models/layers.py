@@ -90,6 +90,40 @@ def embed_joints(module: nn.Module, x: jax.Array, features: int, train: bool) ->
     return data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), h)
 
 
+def graph_conv_output(y: jax.Array, x: jax.Array, train: bool, bn_scale: float = 1e-6) -> jax.Array:
+    """The end of every GCN unit: ReLU(BN(y) + down(x)), down a 1x1 conv + BN where the width
+    changes (identity otherwise). Official code initialises that BN's scale to 1e-6 (BlockGCN
+    to 1), so a fresh unit starts close to its shortcut. Creates `bn`, `down_0`, `down_1`."""
+    features = y.shape[-1]
+    y = BatchNorm(
+        use_running_average=not train, scale_init=nn.initializers.constant(bn_scale), name="bn"
+    )(y)
+    if x.shape[-1] != features:
+        x = pointwise(features, "down_0")(x)
+        x = BatchNorm(use_running_average=not train, name="down_1")(x)
+    return nn.relu(y + x)
+
+
+def block_output(y: jax.Array, x: jax.Array, stride: int, train: bool) -> jax.Array:
+    """The end of every block: ReLU(y + residual(x)), the residual an identity, or a strided
+    unit_tcn(k=1) (`residual`) where the width or the frame rate changes."""
+    if x.shape[-1] == y.shape[-1] and stride == 1:
+        return nn.relu(y + x)
+    return nn.relu(y + UnitTCN(y.shape[-1], 1, stride=stride, name="residual")(x, train))
+
+
+def person_rows(x: jax.Array) -> jax.Array:
+    """(N, C, T, V, M) -> (N, M, T, V, C): the one layout change; rows flatten as n*M + m."""
+    return jnp.transpose(x, (0, 4, 2, 3, 1))
+
+
+def normalized_person_rows(x: jax.Array, train: bool) -> jax.Array:
+    """x (N, C, T, V, M) through the data BN (`data_bn`) to (N*M, T, V, C) rows n*M + m."""
+    n, c, t, v, m = x.shape
+    h = data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), person_rows(x))
+    return h.reshape(n * m, t, v, c)
+
+
 def classify(
     feats: jax.Array, num_classes: int, dropout: float, train: bool, name: str = "fc"
 ) -> jax.Array:
