@@ -1,5 +1,5 @@
-"""BlockGCN: exactness against the official PyTorch model, the topology descriptor, graphs,
-init, training mode."""
+"""BlockGCN: the topology descriptor, graphs, init, training mode (exactness against the
+official model and the official listing: test_backbone_parity.py)."""
 
 import json
 
@@ -10,96 +10,27 @@ import pytest
 from flax import traverse_util
 
 import csre_jax.models as models
-from csre_jax.models import blockgcn, graphs, torch_io
+from csre_jax.models import blockgcn, graphs
 
 # one compile per input shape instead of op-by-op dispatch
 descriptor = jax.jit(blockgcn.topology_descriptor)
 deaths_of = jax.jit(blockgcn.persistence_deaths)
 
 
-def _count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def _max_rel_err(got, want) -> float:
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
 @pytest.fixture(scope="module")
-def fixture_run(shared_dir):
-    """Official checkpoint loaded through the registry and run once (eval mode, jitted) on the
-    fixture's batch of 3: the logits depend on the whole batch."""
-    ckpt = shared_dir / "fixtures" / "blockgcn_ntu60.pt"
-    io = np.load(shared_dir / "fixtures" / "blockgcn_ntu60_io.npz")
-    model, variables = models.from_torch_checkpoint("blockgcn", ckpt, num_classes=60, dataset="ntu")
-    apply = jax.jit(
-        lambda v, x, joint: model.apply(
-            v, x, joint, return_features=True, capture_intermediates=True, mutable=["intermediates"]
-        )
-    )
-    (logits, feats), state = apply(variables, io["x"], io["joint"])
-    return ckpt, io, model, variables, logits, feats, state["intermediates"]
+def run(official_run):
+    """The official checkpoint on the fixture's batch of 3: the logits depend on the batch."""
+    return official_run("blockgcn")
 
 
-def test_logits_match_official(fixture_run):
-    _, io, _, _, logits, _, _ = fixture_run
-    assert logits.dtype == jnp.float32 and logits.shape == (3, 60)
-    assert _max_rel_err(logits, io["logits"]) <= 1e-4
-
-
-@pytest.mark.parametrize("block", ["l1", "l10"])
-def test_block_taps_match_official(fixture_run, block):
-    _, io, _, _, _, _, intermediates = fixture_run
-    (tap,) = intermediates[block]["__call__"]  # (N*M, T, V, C) channels-last
-    assert _max_rel_err(jnp.transpose(tap, (0, 3, 1, 2)), io[f"tap_{block}"]) <= 1e-4
-
-
-def test_topology_rows_are_tiled_like_the_official_concat(fixture_run):
+def test_topology_rows_are_tiled_like_the_official_concat(run):
     """Feature row r = n*M + m gets a[r mod N]: rows r and r + N agree, samples differ."""
-    _, io, _, variables, _, _, intermediates = fixture_run
-    (a,) = intermediates["topo"]["__call__"]
-    pl = variables["params"]["topo"]["pl"]
-    want = descriptor(io["joint"], pl["centres"], pl["sharpness"])
-    np.testing.assert_allclose(a, want, rtol=1e-6)
-    (t0,) = intermediates["t0"]["__call__"]  # (N*M, C) = (6, 128)
+    pl = run.variables["params"]["topo"]["pl"]
+    want = descriptor(run.io["joint"], pl["centres"], pl["sharpness"])
+    np.testing.assert_allclose(run.tap("topo"), want, rtol=1e-6)
+    t0 = run.tap("t0")  # (N*M, C) = (6, 128)
     np.testing.assert_array_equal(t0[:3], t0[3:])
     assert not np.allclose(t0[0], t0[1]) and not np.allclose(t0[1], t0[2])
-
-
-def test_features_are_what_the_logits_pool(fixture_run):
-    _, _, _, variables, logits, feats, intermediates = fixture_run
-    assert feats.shape == (3, 2, 16, 25, 256)  # (N, M, T', V, C'), rows n*M + m of l10
-    (l10,) = intermediates["l10"]["__call__"]
-    np.testing.assert_array_equal(feats.reshape(6, 16, 25, 256), l10)
-    fc = variables["params"]["fc"]
-    pooled = feats.mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(pooled @ fc["kernel"] + fc["bias"], logits, rtol=1e-5, atol=1e-5)
-
-
-def test_export_gives_back_the_checkpoint(fixture_run):
-    ckpt, _, _, variables, _, _, _ = fixture_run
-    original = torch_io.load_state_dict(ckpt)
-    exported = torch_io.state_dict_from_variables(variables, blockgcn.torch_key)
-    assert exported.keys() == original.keys()
-    for key, value in original.items():
-        if not key.endswith("num_batches_tracked"):
-            np.testing.assert_array_equal(exported[key], value, err_msg=key)
-
-
-def test_checkpoint_for_another_dataset_is_refused(fixture_run):
-    ckpt = fixture_run[0]
-    with pytest.raises(torch_io.TorchCheckpointError, match="but the model expects"):
-        models.from_torch_checkpoint("blockgcn", ckpt, num_classes=60, dataset="ucla")
-
-
-def test_parameter_count_and_keys_match_official(shared_dir):
-    model = models.create_model("blockgcn", num_classes=60, dataset="ntu")
-    shapes = jax.eval_shape(model.init, jax.random.key(0), **models.example_inputs(model, "ntu"))
-    assert _count(shapes["params"]) == 1_372_780
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    exported = torch_io.state_dict_from_variables(zeros, blockgcn.torch_key)
-    listing = json.loads((shared_dir / "spec" / "state_dicts" / "blockgcn_ntu60.json").read_text())
-    assert {k: v.shape for k, v in exported.items()} == {k: tuple(s) for k, s in listing}
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""HCN: exactness against the official PyTorch model, window handling, motion, pooling, heads."""
+"""HCN: window handling, person symmetry, motion, pooling, dropout, init, the CSRE heads
+(exactness against the official model and the official listings, window 32 included:
+test_backbone_parity.py)."""
 
-import json
 from functools import partial
 
 import flax
@@ -12,15 +13,7 @@ import pytest
 
 import csre_jax.models as models
 from csre_jax.csre.model import ContrastiveClassifier
-from csre_jax.models import hcn, torch_io
-
-
-def _count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def _max_rel_err(got, want) -> float:
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+from csre_jax.models import hcn
 
 
 def _key(seed: int) -> jax.Array:
@@ -33,107 +26,26 @@ def _normal(shape) -> np.ndarray:
     return np.random.default_rng(1).normal(size=shape).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def run(official_run):
+    return official_run("hcn")
+
+
 def _tiny(dataset="ntu"):
     """A narrow HCN (conv widths 4..32, fc7 16) for fast tests."""
     return models.create_model("hcn", num_classes=10, dataset=dataset, out_channels=8, hidden=16)
 
 
-@pytest.fixture(scope="module")
-def fixture_run(shared_dir):
-    """Official checkpoint loaded through the registry and run once (eval mode, jitted)."""
-    ckpt = shared_dir / "fixtures" / "hcn_ntu60.pt"
-    io = np.load(shared_dir / "fixtures" / "hcn_ntu60_io.npz")
-    model, variables = models.from_torch_checkpoint("hcn", ckpt, num_classes=60, dataset="ntu")
-    apply = jax.jit(
-        lambda v, x: model.apply(
-            v, x, return_features=True, capture_intermediates=True, mutable=["intermediates"]
-        )
-    )
-    (logits, feats), state = apply(variables, io["x"])
-    return {
-        "ckpt": ckpt,
-        "io": io,
-        "model": model,
-        "variables": variables,
-        "apply": apply,
-        "logits": logits,
-        "feats": feats,
-        "intermediates": state["intermediates"],
-    }
-
-
-def test_logits_match_official(fixture_run):
-    logits = fixture_run["logits"]
-    assert logits.dtype == jnp.float32
-    assert _max_rel_err(logits, fixture_run["io"]["logits"]) <= 1e-4
-
-
-@pytest.mark.parametrize("stage", ["conv1", "conv6"])
-def test_second_person_taps_match_official(fixture_run, stage):
-    """The official per-person loop was tapped on person 1: batch rows n*M + 1 here."""
-    (tap,) = fixture_run["intermediates"][stage]["__call__"]  # (N*M, H, W, C)
-    got = jnp.transpose(tap[1::2], (0, 3, 1, 2))
-    assert _max_rel_err(got, fixture_run["io"][f"tap_{stage}"]) <= 1e-4
-
-
-def test_features_are_what_the_classifier_pools(fixture_run):
-    feats, logits = fixture_run["feats"], fixture_run["logits"]
-    assert feats.shape == (2, 2, 4, 4, 256)  # (N, M, T/16, window/16, 4 * out_channels)
-    (conv6,) = fixture_run["intermediates"]["conv6"]["__call__"]
-    np.testing.assert_array_equal(feats.reshape(4, 4, 4, 256), conv6)
-    p = fixture_run["variables"]["params"]
-    flat = np.asarray(feats).max(axis=1).transpose(0, 3, 1, 2).reshape(2, 4096)  # (C, H, W)
-    hidden = np.maximum(flat @ p["fc7"]["0"]["kernel"] + p["fc7"]["0"]["bias"], 0)
-    want = hidden @ p["fc8"]["kernel"] + p["fc8"]["bias"]
-    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
-
-
-def test_person_order_does_not_matter(fixture_run):
+def test_person_order_does_not_matter(run):
     """Persons share weights and meet only in the element-wise max."""
-    x = fixture_run["io"]["x"]
-    (logits, _), _ = fixture_run["apply"](fixture_run["variables"], x[..., ::-1])
-    np.testing.assert_allclose(logits, fixture_run["logits"], rtol=1e-5, atol=1e-5)
+    (logits, _), _ = run.apply(run.variables, run.io["x"][..., ::-1])
+    np.testing.assert_allclose(logits, run.logits, rtol=1e-5, atol=1e-5)
 
 
-def test_export_gives_back_the_checkpoint(fixture_run):
-    variables = fixture_run["variables"]
-    assert set(variables) == {"params"}  # no BatchNorm anywhere
-    original = torch_io.load_state_dict(fixture_run["ckpt"])
-    exported = torch_io.state_dict_from_variables(variables, hcn.torch_key)
-    assert exported.keys() == original.keys()
-    for key, value in original.items():
-        np.testing.assert_array_equal(exported[key], value, err_msg=key)
-
-
-def test_input_length_must_be_the_checkpoint_window(fixture_run):
-    model, variables = fixture_run["model"], fixture_run["variables"]
+def test_input_length_must_be_the_checkpoint_window(run):
     x = jax.ShapeDtypeStruct((1, 3, 32, 25, 2), jnp.float32)
     with pytest.raises(flax.errors.ScopeParamShapeError, match="conv2"):
-        jax.eval_shape(model.apply, variables, x)
-
-
-def test_checkpoint_for_another_dataset_is_refused(fixture_run):
-    ckpt = fixture_run["ckpt"]
-    with pytest.raises(torch_io.TorchCheckpointError, match="different dataset"):
-        models.from_torch_checkpoint("hcn", ckpt, num_classes=60, dataset="ucla")
-
-
-@pytest.mark.parametrize(
-    ("window", "listing", "expected"),
-    [(64, "hcn_ntu60.json", 2_647_868), (32, "hcn_ntu60_window32.json", 1_062_652)],
-)
-def test_parameters_are_the_official_listing(shared_dir, window, listing, expected):
-    """The input length picks the window: conv2's width and fc7's input follow T."""
-    model = models.create_model("hcn", num_classes=60, dataset="ntu")
-    x = jax.ShapeDtypeStruct((1, 3, window, 25, 2), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    assert _count(shapes) == expected
-    summary = json.loads((shared_dir / "spec" / "state_dicts" / "_summary.json").read_text())
-    assert summary[listing.removesuffix(".json")]["all_params"] == expected
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    exported = torch_io.state_dict_from_variables(zeros, hcn.torch_key)
-    official = json.loads((shared_dir / "spec" / "state_dicts" / listing).read_text())
-    assert {k: v.shape for k, v in exported.items()} == {k: tuple(s) for k, s in official}
+        jax.eval_shape(run.model.apply, run.variables, x)
 
 
 def test_motion_resize_matrix_by_hand():
@@ -164,8 +76,8 @@ def test_max_pool_matches_reduce_window(shape):
     np.testing.assert_array_equal(value_and_grad(hcn.max_pool_2x2)[1], value_and_grad(official)[1])
 
 
-def test_train_mode_drops_whole_channels(fixture_run):
-    model, variables, x = fixture_run["model"], fixture_run["variables"], fixture_run["io"]["x"]
+def test_train_mode_drops_whole_channels(run):
+    model, variables, x = run.model, run.variables, run.io["x"]
     train = jax.jit(
         lambda v, x, key: model.apply(
             v,
@@ -178,12 +90,12 @@ def test_train_mode_drops_whole_channels(fixture_run):
     )
     logits, state = train(variables, x, _key(0))
     assert logits.shape == (2, 60) and bool(jnp.isfinite(logits).all())
-    assert not np.allclose(logits, fixture_run["logits"], atol=1e-3)
+    assert not np.allclose(logits, run.logits, atol=1e-3)
     np.testing.assert_array_equal(logits, train(variables, x, _key(0))[0])
     # conv1..conv3 are deterministic, so conv4 sees the eval input: Dropout2d zeroes whole
     # (sample, channel) maps and doubles the rest (it precedes the max-pool, which commutes).
     (got,) = state["intermediates"]["conv4"]["__call__"]
-    (want,) = fixture_run["intermediates"]["conv4"]["__call__"]
+    want = run.tap("conv4")
     kept = np.asarray(jnp.abs(got).max(axis=(1, 2)) > 0)  # (N*M, C)
     assert 0.3 < kept.mean() < 0.7
     np.testing.assert_allclose(got, 2 * want * kept[:, None, None, :], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,6 @@
-"""Hyperformer (CSRE release): exactness against the official model, graph constants, init."""
+"""Hyperformer (CSRE release): graph constants, joint groups, init, training mode (exactness
+against the official model and the official listings, NW-UCLA's included:
+test_backbone_parity.py)."""
 
 import json
 
@@ -8,107 +10,23 @@ import numpy as np
 import pytest
 
 import csre_jax.models as models
-from csre_jax.models import graphs, hyperformer, layers, torch_io
+from csre_jax.models import graphs, hyperformer, layers
 
 # NW-UCLA bone / bone-motion configs (recipes.md §2): another grouping than the default.
 UCLA_BONE_LABEL = (0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 2, 2, 2, 0, 2, 2, 2)
 TINY = {"num_heads": 2, "head_dim": 6}  # D = 12: divisible by the 4 MS-TCN branches and 6
 
 
-def _count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def _max_rel_err(got, want) -> float:
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
-def _listing(shared_dir, name: str) -> dict[str, tuple[int, ...]]:
-    """Official backbone keys and shapes, the CSRE head (`std.*`) left out."""
-    entries = json.loads((shared_dir / "spec" / "state_dicts" / f"{name}.json").read_text())
-    return {k: tuple(s) for k, s in entries if not k.startswith("std.")}
-
-
 @pytest.fixture(scope="module")
-def fixture_run(shared_dir):
-    """CSRE checkpoint (backbone + std.*) loaded through the registry and run once, jitted."""
-    ckpt = shared_dir / "fixtures" / "hyperformer_csre_ntu60.pt"
-    io = np.load(shared_dir / "fixtures" / "hyperformer_csre_ntu60_io.npz")
-    model, variables = models.from_torch_checkpoint(
-        "hyperformer", ckpt, num_classes=60, dataset="ntu"
-    )
-    apply = jax.jit(
-        lambda v, x: model.apply(
-            v, x, return_features=True, capture_intermediates=True, mutable=["intermediates"]
-        )
-    )
-    (logits, feats), state = apply(variables, io["x"])
-    return ckpt, io, model, variables, logits, feats, state["intermediates"]
+def run(official_run):
+    return official_run("hyperformer")
 
 
-def test_logits_match_official(fixture_run):
-    _, io, _, _, logits, _, _ = fixture_run
-    assert logits.dtype == jnp.float32
-    assert _max_rel_err(logits, io["logits"]) <= 1e-4
-
-
-@pytest.mark.parametrize("block", ["l1", "l10"])
-def test_block_taps_match_official(fixture_run, block):
-    _, io, _, _, _, _, intermediates = fixture_run
-    (tap,) = intermediates[block]["__call__"]  # (N*M, T, V, C) channels-last
-    assert _max_rel_err(jnp.transpose(tap, (0, 3, 1, 2)), io[f"tap_{block}"]) <= 1e-4
-
-
-def test_features_are_what_the_logits_pool(fixture_run):
-    _, _, _, variables, logits, feats, intermediates = fixture_run
-    assert feats.shape == (2, 2, 16, 25, 216)  # (N, M, T', V, D), rows n*M + m of l10
-    (l10,) = intermediates["l10"]["__call__"]
-    np.testing.assert_array_equal(feats.reshape(4, 16, 25, 216), l10)
-    fc = variables["params"]["fc"]
-    pooled = feats.mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(pooled @ fc["kernel"] + fc["bias"], logits, rtol=1e-5, atol=1e-5)
-
-
-def test_trained_attention_is_active(fixture_run):
+def test_trained_attention_is_active(run):
     """The fixture exercises every attention term: alpha, rpe and w1 are all trained."""
-    attn = fixture_run[3]["params"]["l3"]["vit1"]["attn"]
+    attn = run.variables["params"]["l3"]["vit1"]["attn"]
     assert abs(float(attn["alpha"][0])) > 1e-3
     assert float(jnp.abs(attn["rpe"]).max()) > 1e-3 and float(jnp.abs(attn["w1"]).max()) > 1e-3
-
-
-def test_export_gives_back_the_checkpoint(fixture_run):
-    """Every backbone tensor of the CSRE file comes back bit for bit; only std.* is missing."""
-    ckpt, _, _, variables, _, _, _ = fixture_run
-    original = {k: v for k, v in torch_io.load_state_dict(ckpt).items() if not k.startswith("std.")}
-    exported = torch_io.state_dict_from_variables(variables, hyperformer.torch_key)
-    assert exported.keys() == original.keys()
-    for key, value in original.items():
-        if not key.endswith("num_batches_tracked"):
-            np.testing.assert_array_equal(exported[key], value, err_msg=key)
-
-
-@pytest.mark.parametrize(
-    ("dataset", "num_classes", "listing", "summary"),
-    [
-        ("ntu", 60, "hyperformer_orig_ntu60", "hyperformer_ntu60"),
-        ("ucla", 10, "hyperformer_ucla", "hyperformer_ucla"),
-    ],
-)
-def test_keys_and_parameter_count_are_official(shared_dir, dataset, num_classes, listing, summary):
-    """Exported keys/shapes equal the official listing; parameters = the official count
-    (the summary counts CSRE's std head too, so its parameters are subtracted)."""
-    model = models.create_model("hyperformer", num_classes=num_classes, dataset=dataset)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), **models.example_inputs(model, dataset))
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    exported = torch_io.state_dict_from_variables(zeros, hyperformer.torch_key)
-    assert {k: v.shape for k, v in exported.items()} == _listing(shared_dir, listing)
-
-    counts = json.loads((shared_dir / "spec" / "state_dicts" / "_summary.json").read_text())
-    with_std = json.loads((shared_dir / "spec" / "state_dicts" / f"{summary}.json").read_text())
-    std = sum(int(np.prod(s)) for k, s in with_std if k.startswith("std."))
-    assert _count(shapes["params"]) == counts[summary]["trainable_params"] - std
-    if dataset == "ntu":
-        assert _count(shapes["params"]) == counts["hyperformer_orig_ntu60"]["trainable_params"]
 
 
 @pytest.mark.parametrize(

@@ -1,101 +1,15 @@
-"""InfoGCN: exactness against the official PyTorch model, graph constants, init, training."""
+"""InfoGCN: graph constants, init, training mode (exactness against the official model and
+the official listings, NW-UCLA's included: test_backbone_parity.py)."""
 
 import json
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import csre_jax.models as models
-from csre_jax.models import graphs, infogcn, torch_io
-
-
-def _count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def _max_rel_err(got, want) -> float:
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
-def _shapes(model, dataset):
-    return jax.eval_shape(model.init, jax.random.key(0), **models.example_inputs(model, dataset))
-
-
-@pytest.fixture(scope="module")
-def fixture_run(shared_dir):
-    """Official checkpoint (k = 1) loaded through the registry and run once (eval, jitted)."""
-    ckpt = shared_dir / "fixtures" / "infogcn_ntu60_k1.pt"
-    io = np.load(shared_dir / "fixtures" / "infogcn_ntu60_k1_io.npz")
-    model, variables = models.from_torch_checkpoint(
-        "infogcn", ckpt, num_classes=60, dataset="ntu", k=1
-    )
-    apply = jax.jit(
-        lambda v, x: model.apply(
-            v, x, return_features=True, capture_intermediates=True, mutable=["intermediates"]
-        )
-    )
-    (logits, feats), state = apply(variables, io["x"])
-    return ckpt, io, variables, logits, feats, state["intermediates"]
-
-
-def test_logits_match_official(fixture_run):
-    _, io, _, logits, _, _ = fixture_run
-    assert logits.dtype == jnp.float32
-    assert _max_rel_err(logits, io["logits"]) <= 1e-4
-
-
-@pytest.mark.parametrize("block", ["l1", "l9"])
-def test_block_taps_match_official(fixture_run, block):
-    _, io, _, _, _, intermediates = fixture_run
-    (tap,) = intermediates[block]["__call__"]  # (N*M, T, V, C) channels-last
-    assert _max_rel_err(jnp.transpose(tap, (0, 3, 1, 2)), io[f"tap_{block}"]) <= 1e-4
-
-
-def test_features_are_what_the_head_pools(fixture_run):
-    _, _, variables, logits, feats, intermediates = fixture_run
-    assert feats.shape == (2, 2, 16, 25, 256)  # (N, M, T', V, C'), rows n*M + m of l9
-    (l9,) = intermediates["l9"]["__call__"]
-    np.testing.assert_array_equal(feats.reshape(4, 16, 25, 256), l9)
-    p = variables["params"]
-    h = feats.mean(axis=(1, 2, 3))
-    h = np.maximum(h @ p["fc"]["kernel"] + p["fc"]["bias"], 0)
-    mu = h @ p["fc_mu"]["kernel"] + p["fc_mu"]["bias"]  # eval uses z = mu
-    want = mu @ p["decoder"]["kernel"] + p["decoder"]["bias"]
-    np.testing.assert_allclose(want, logits, rtol=1e-5, atol=1e-5)
-
-
-def test_export_gives_back_the_checkpoint(fixture_run):
-    ckpt, _, variables, _, _, _ = fixture_run
-    original = torch_io.load_state_dict(ckpt)
-    exported = torch_io.state_dict_from_variables(variables, infogcn.torch_key)
-    assert exported.keys() == original.keys()
-    for key, value in original.items():
-        if not key.endswith("num_batches_tracked"):
-            np.testing.assert_array_equal(exported[key], value, err_msg=key)
-
-
-def test_checkpoint_for_another_dataset_is_refused(fixture_run):
-    ckpt = fixture_run[0]
-    with pytest.raises(torch_io.TorchCheckpointError, match="different dataset"):
-        models.from_torch_checkpoint("infogcn", ckpt, num_classes=60, dataset="ucla")
-
-
-@pytest.mark.parametrize(
-    ("dataset", "num_classes", "listing", "expected"),
-    [("ntu", 60, "infogcn_ntu60", 1_556_807), ("ucla", 10, "infogcn_ucla", 1_533_722)],
-)
-def test_variables_are_the_official_state_dict(shared_dir, dataset, num_classes, listing, expected):
-    """Parameter count, and every variable maps onto the official key with its shape."""
-    model = models.create_model("infogcn", num_classes=num_classes, dataset=dataset)
-    shapes = _shapes(model, dataset)
-    assert _count(shapes["params"]) == expected
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    exported = torch_io.state_dict_from_variables(zeros, infogcn.torch_key)
-    official = json.loads((shared_dir / "spec" / "state_dicts" / f"{listing}.json").read_text())
-    assert {k: v.shape for k, v in exported.items()} == {k: tuple(s) for k, s in official}
+from csre_jax.models import graphs, infogcn
 
 
 @pytest.mark.parametrize("graph", ["ntu", "ucla"])
@@ -117,19 +31,6 @@ def test_ntu_tree_has_the_ctrgcn_edges_rooted_at_the_spine_middle(shared_dir):
     a_vec = infogcn.kth_mode_matrix("ntu", 1)
     np.testing.assert_array_equal(a_vec[1], np.eye(25)[1])  # the root keeps its position
     assert (a_vec.sum(axis=1)[np.arange(25) != 1] == 0).all()  # the others: child - parent
-
-
-def test_ucla_model_gives_ucla_shapes():
-    model = models.create_model("infogcn", num_classes=10, dataset="ucla")
-    x = jax.ShapeDtypeStruct((2, 3, 52, 20, 1), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    logits, feats = jax.eval_shape(
-        lambda v, x: model.apply(v, x, return_features=True), variables, x
-    )
-    assert logits.shape == (2, 10)
-    assert feats.shape == (2, 1, 13, 20, 256)  # T 52 -> 26 -> 13
-    with pytest.raises(ValueError, match="expects x"):
-        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 3, 52, 25, 2), jnp.float32))
 
 
 def _random_variables(shapes, seed: int = 0):
