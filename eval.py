@@ -12,12 +12,13 @@ An ensemble sums the files' logits with the given weights and prints every accur
 import json
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from csre_jax.cli import parse_flags
 from csre_jax.evaluate.scores import ensemble, load_scores, topk_accuracy
-from csre_jax.training import loop
+from csre_jax.training import distributed, loop
 from csre_jax.training.checkpoint import restore_variables
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,10 +50,11 @@ def score_run(workdir: Path) -> None:
     output = Path(_OUTPUT.value or workdir / "scores" / f"test_scores_{_CHECKPOINT.value}.npz")
     logits, scores = loop.evaluate(exp, eval_step, variables)
     loop.save_test_scores(exp, logits, scores["top1"], output, f"{folder} step {step}")
-    print(
-        f"{folder} (step {step}): top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% "
-        f"on {len(exp.dataset.test)} test samples; scores written to {output}"
-    )
+    if jax.process_index() == 0:
+        print(
+            f"{folder} (step {step}): top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% "
+            f"on {len(exp.dataset.test)} test samples; scores written to {output}"
+        )
 
 
 def score_ensemble(paths: list[str], weights: list[str] | None) -> None:
@@ -69,6 +71,7 @@ def score_ensemble(paths: list[str], weights: list[str] | None) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize()  # before anything touches a device
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     if _ENSEMBLE.value:

@@ -4,13 +4,17 @@
   python train.py --config=configs/ctrgcn_ntu120.py:xset,bone --workdir=runs/ntu120_xset_bone \
       --config.csre.temperature=0.5
 
-Re-running with the same --workdir resumes from its latest checkpoint.
+Re-running with the same --workdir resumes from its latest checkpoint, on any device count.
+On a cluster, start one process per host (or per GPU) with the same flags; see README.md
+("Clusters") for what starts jax.distributed.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from csre_jax.cli import parse_flags
+from csre_jax.training import distributed
 from csre_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
@@ -20,10 +24,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize()  # before anything touches a device
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if best:
+    if best and jax.process_index() == 0:
         print(
             f"best test top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) "
             f"at epoch {best['epoch']}; scores in {_WORKDIR.value}/scores/test_scores.npz"

@@ -71,6 +71,9 @@ def base_config() -> ConfigDict:
     config.csre.banks = "spatial+temporal"  # '+'-joined subset of spatial/temporal/global, or none
     config.csre.weight = 1.0  # loss = CE + weight * mean of the banks' losses
     config.csre.dim = 256
+    # 0: the official bank, one slot per training sample; K > 0: a queue of the K most recent
+    # features with their labels, for corpora too large for a slot per sample
+    config.csre.bank_size = 0
     config.csre.reduction = 8
     config.csre.num_positives = 128
     config.csre.num_negatives = 512

@@ -8,8 +8,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from csre_jax.csre.bank import MemoryBank, write
+from csre_jax.csre.bank import MemoryBank, store
 
 SAMPLING_MODES = ("hard", "random", "hard+random")
 
@@ -66,14 +68,48 @@ def normalize(features: jax.Array) -> jax.Array:
     return features / jax.lax.optimization_barrier(norm)
 
 
+def _slot_shards(scores: jax.Array) -> int:
+    """Devices the slot axis (axis 1) is split over: the whole mesh the bank lives on, since
+    its rows are sharded over every device (training/parallel.py); 1 off a mesh."""
+    mesh = jax.typeof(scores).sharding.mesh
+    return 1 if mesh.empty or scores.shape[1] % mesh.size else mesh.size
+
+
+def _keep_slots_sharded(scores: jax.Array) -> jax.Array:
+    """Pins axis 1 to the bank's row sharding: XLA otherwise gathers whole (batch, slots)
+    similarities, or the whole bank in the backward pass, onto every device."""
+    if _slot_shards(scores) == 1:
+        return scores
+    mesh = jax.typeof(scores).sharding.mesh
+    spec = P(None, mesh.axis_names, *[None] * (scores.ndim - 2))
+    return jax.lax.with_sharding_constraint(scores, NamedSharding(mesh, spec))
+
+
 def _select(scores: jax.Array, mask: jax.Array, k: int) -> jax.Array:
-    """Slot indices of the k largest scores among the masked slots, per row."""
-    return jax.lax.top_k(jnp.where(mask, scores, -jnp.inf), k)[1]
+    """Slot indices of the k largest scores among the masked slots, per row.
+
+    On a mesh each device takes the top k of its own slots and the best k of those
+    candidates win: exact, ties still go to the lower slot, and no device holds whole rows.
+    """
+    scores = jnp.where(mask, scores, -jnp.inf)
+    shards = _slot_shards(scores)
+    if shards == 1:
+        return jax.lax.top_k(scores, k)[1]
+    rows, slots = scores.shape
+    width = slots // shards
+    values, local = jax.lax.top_k(
+        _keep_slots_sharded(scores.reshape(rows, shards, width)), min(k, width)
+    )
+    candidates = (local + width * jnp.arange(shards)[:, None]).reshape(rows, -1)
+    best = jax.lax.top_k(values.reshape(rows, -1), k)[1]
+    return jnp.take_along_axis(candidates, best, axis=1)
 
 
 def _random_keys(rng: jax.Array, shape) -> jax.Array:
-    # Top-k of i.i.d. uniform keys is a uniform draw without replacement.
-    return jax.random.uniform(rng, shape)
+    # Top-k of i.i.d. uniform keys is a uniform draw without replacement. Drawn slot-major,
+    # a slot's keys do not depend on how many padding slots follow it (threefry counts
+    # elements in order), so runs whose banks are padded for other device counts agree.
+    return _keep_slots_sharded(jax.random.uniform(rng, shape[::-1]).T)
 
 
 def select_slots(
@@ -144,7 +180,8 @@ def bank_loss(
 
     Args:
       features: (N, D) embeddings of the batch (any dtype; the loss runs in float32).
-      labels: (N,) integer classes. indices: (N,) bank slots (dataset indices).
+      labels: (N,) integer classes. indices: (N,) bank slots (dataset indices); a
+        MemoryQueue ignores them and writes at its pointer.
       rng: key for the random selections.
       random_negative_slots: optional (N, num_negatives) slots to use as the random negatives
         instead of drawing them (to replay a recorded official call); ignored for skipped
@@ -157,13 +194,15 @@ def bank_loss(
     largest = max(config.num_positives, config.num_negatives)
     if bank.num_slots < largest:
         raise ValueError(
-            f"the bank has {bank.num_slots} slots (one per training sample) but the loss asks "
+            f"the bank has {bank.num_slots} slots but the loss asks "
             f"for {config.num_positives} positives and {config.num_negatives} negatives per "
-            f"anchor: lower csre.num_positives / csre.num_negatives below the training-set size"
+            f"anchor: lower csre.num_positives / csre.num_negatives below the training-set size "
+            "(or csre.bank_size)"
         )
     queries = normalize(features)
-    bank = write(bank, indices, queries)  # write first: self and batch-mates are in the pools
+    bank = store(bank, indices, labels, queries)  # first: self and batch-mates join the pools
     similarity = jnp.dot(queries, bank.features.T, precision=jax.lax.Precision.HIGHEST)
+    similarity = _keep_slots_sharded(similarity)  # each device scores its own bank rows
 
     same_class = labels[:, None] == bank.labels[None, :]
     positives = same_class & bank.filled[None, :]

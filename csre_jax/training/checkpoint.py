@@ -5,6 +5,10 @@ grain iterator's position, so a killed run resumes with the same banks and the s
 batch. workdir/best/<step>/ holds only the backbone's variables of the best evaluation,
 which is what eval.py scores. orbax writes each step to a temporary folder and renames it
 when complete, so an interrupted save never replaces a good checkpoint.
+
+A run resumes on any device count: arrays are read into this run's shardings, and banks,
+whose rows are padded to a multiple of the device count (loop.init_state), are re-padded
+to this run's row count (`_refit`).
 """
 
 from pathlib import Path
@@ -12,8 +16,12 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from csre_jax.csre.bank import MemoryBank
 from csre_jax.training.state import TrainState, backbone_variables
 
 
@@ -31,6 +39,42 @@ def _shape_mismatch_message(directory: Path, error: Exception) -> str:
     )
 
 
+def _saved_layout(bank: MemoryBank, saved: dict, sharding: NamedSharding) -> MemoryBank:
+    """The abstract bank with the saved shapes, read whole (`sharding`)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.ShapeDtypeStruct(saved[path[0].name].shape, x.dtype, sharding=sharding),
+        bank,
+    )
+
+
+def _refit(bank: MemoryBank, template: MemoryBank, sharding: MemoryBank) -> MemoryBank:
+    """A bank saved on another device count in the padded row count of `template` (this
+    run's fresh bank): shared rows are copied, rows only the template has keep its padding
+    (label -1, unfilled), rows only the saved bank has must be padding, and a queue's
+    per-shard copies of its pointer are re-broadcast."""
+    old_rows, new_rows = bank.labels.shape[0], template.labels.shape[0]
+
+    def fit(old, new):
+        rows = min(old.shape[0], new.shape[0])
+        return new.at[:rows].set(old[:rows])
+
+    def refit(bank, template):
+        fitted = jax.tree.map(fit, bank, template)
+        if hasattr(bank, "pointer"):
+            fitted = fitted.replace(pointer=jnp.full_like(template.pointer, bank.pointer[0]))
+        fixed = template.labels >= 0  # a per-sample bank's labels are the dataset's
+        same = jnp.all(~fixed | (fitted.labels == template.labels))
+        return fitted, same & jnp.all(bank.labels[new_rows:] < 0)
+
+    fitted, fits = jax.jit(refit, out_shardings=(sharding, None))(bank, template)
+    if not bool(fits):
+        raise ValueError(
+            f"a saved bank ({old_rows} rows) holds other slots than this run's ({new_rows} "
+            f"rows): another dataset or split"
+        )
+    return fitted
+
+
 class Checkpointer:
     """Latest-state and best-model checkpoints of one run."""
 
@@ -38,7 +82,10 @@ class Checkpointer:
         workdir = Path(workdir).absolute()
         self._latest = ocp.CheckpointManager(
             workdir / "checkpoints",
-            item_names=("state", "data"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
         self._best = ocp.CheckpointManager(
@@ -67,19 +114,34 @@ class Checkpointer:
     ) -> TrainState:
         """The latest state, laid out as `shardings`; data_iterator is moved to its position."""
         step = self._latest.latest_step()
+        saved = self._latest.item_metadata(step).state["banks"]
+        # Banks saved with another row count (on another device count) are read whole onto
+        # every device, then re-padded and split again.
+        refit = [
+            name
+            for name, bank in target.banks.items()
+            if name in saved and saved[name]["labels"].shape[0] != bank.labels.shape[0]
+        ]
+        abstract = _abstract(target, shardings)
+        for name in refit:
+            whole = NamedSharding(shardings.banks[name].labels.mesh, P())
+            abstract.banks[name] = _saved_layout(abstract.banks[name], saved[name], whole)
         try:
-            restored = self._latest.restore(
+            state = self._latest.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(target, shardings)),
+                    state=ocp.args.StandardRestore(abstract),
                     data=grain.checkpoint.CheckpointRestore(data_iterator),
                 ),
-            )
+            ).state
+            for name in refit:
+                state.banks[name] = _refit(
+                    state.banks[name], target.banks[name], shardings.banks[name]
+                )
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                _shape_mismatch_message(self._workdir / "checkpoints" / str(step), error)
-            ) from error
-        return restored.state
+            directory = self._workdir / "checkpoints" / str(step)
+            raise ValueError(_shape_mismatch_message(directory, error)) from error
+        return state
 
     def save_best(self, step: int, variables: Any, metrics: dict[str, float]) -> None:
         self._best.save(

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from csre_jax import models
-from csre_jax.csre.bank import create_bank
+from csre_jax.csre.bank import create_bank, create_queue
 from csre_jax.csre.loss import ContrastConfig
 from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.data.datasets import Dataset, load_dataset
@@ -87,7 +87,19 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
 
 def init_state(exp: Experiment) -> TrainState:
     """Fresh parameters (or model.init_checkpoint's official weights), empty banks (one slot
-    per training sample), placed on the mesh."""
+    per training sample, or queues of csre.bank_size rows), placed on the mesh."""
+    slot_labels, csre = exp.dataset.train.labels, exp.config.csre
+    banks = {
+        name: create_queue(
+            csre.bank_size,
+            csre.dim,
+            batch_size=exp.config.data.batch_size,
+            pad_to_multiple=exp.mesh.size,
+        )
+        if csre.bank_size
+        else create_bank(slot_labels, csre.dim, pad_to_multiple=exp.mesh.size)
+        for name in exp.model.banks
+    }
     rng = jax.random.key(exp.config.seed)
     init_rng, state_rng = jax.random.split(rng)
     sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.dataset.input_shapes().items()}
@@ -95,11 +107,6 @@ def init_state(exp: Experiment) -> TrainState:
     if exp.config.model.get("init_checkpoint"):
         backbone_key = models.backbone_module(exp.config.model.name).torch_key
         variables = load_torch_checkpoint(variables, exp.config.model.init_checkpoint, backbone_key)
-    slot_labels = exp.dataset.train.labels
-    banks = {
-        name: create_bank(slot_labels, exp.config.csre.dim, pad_to_multiple=exp.mesh.size)
-        for name in exp.model.banks
-    }
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
@@ -108,7 +115,7 @@ def init_state(exp: Experiment) -> TrainState:
         banks=banks,
         rng=state_rng,
     )
-    return jax.device_put(state, parallel.state_sharding(state, exp.mesh))
+    return parallel.put(state, parallel.state_sharding(state, exp.mesh))
 
 
 def _contrast_config(csre: ConfigDict) -> ContrastConfig:

@@ -40,6 +40,23 @@ def state_sharding(state: TrainState, mesh: Mesh) -> TrainState:
     return shardings.replace(banks=jax.tree.map(lambda _: rows, state.banks))
 
 
+def put(tree, shardings):
+    """jax.device_put onto the mesh, also across processes, where device_put refuses devices
+    of other hosts: every process holds the same values and fills its own shards."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def place(x, sharding):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x)
+            )
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's rows of a batch into one global array per key."""
     sharding = batch_sharding(mesh)
