@@ -50,7 +50,8 @@ def test_tiny_config_trains_with_csre(model, dataset):
         assert metrics["loss_spatial"] > 0 and metrics["loss_temporal"] > 0
         assert metrics["valid_spatial"] > 0 and metrics["valid_temporal"] > 0
         losses.append(float(metrics["loss"]))
-    assert losses[-1] < losses[0], losses
+    # InfoGCN samples its latent with fresh noise each step: compare halves, not two steps
+    assert np.mean(losses[STEPS // 2 :]) < np.mean(losses[: STEPS // 2]), losses
     written = np.asarray(state.banks["spatial"].features)[rows]
     np.testing.assert_allclose(np.linalg.norm(written, axis=1), 1.0, rtol=1e-5)
     if models.extra_inputs(exp.backbone):

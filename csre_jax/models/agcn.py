@@ -6,21 +6,19 @@ almost the identity.
 """
 
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from csre_jax.models import graphs, torch_io
-from csre_jax.models.ctrgcn import block_plan
+from csre_jax.models import ctrgcn, graphs
+from csre_jax.models.ctrgcn import CTRGCN
 from csre_jax.models.layers import (
     UnitTCN,
     block_output,
-    check_input,
-    classify,
     graph_conv_output,
     kaiming_fan_out,
-    normalized_person_rows,
 )
 
 NUM_SUBSETS = 3
@@ -106,30 +104,12 @@ class TCNGCN(nn.Module):
         return block_output(y, x, self.stride, train)
 
 
-class AGCN(nn.Module):
-    """2S-AGCN on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
+class AGCN(CTRGCN):
+    """2S-AGCN on x (N, C, T, V, M): CTR-GCN's network (data BN, ten blocks, pooling, fc) with
+    adaptive graph units and kernel-9 temporal convs. The official model has no dropout;
+    `dropout` (default 0) is the shared head's."""
 
-    features: the last block's map as (N, M, T', V, C'), channels-last, for the CSRE head.
-    The official model has no dropout; `dropout` (default 0) is the shared head's.
-    """
-
-    num_classes: int
-    graph: str
-    num_person: int
-    in_channels: int = 3
-    base_channels: int = 64
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
-        n, m = x.shape[0], x.shape[-1]
-        x = normalized_person_rows(x, train)
-        for i, (features, stride) in enumerate(block_plan(self.base_channels)):
-            x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
-        feats = x.reshape(n, m, *x.shape[1:])
-        logits = classify(feats, self.num_classes, self.dropout, train)
-        return (logits, feats) if return_features else logits
+    block: ClassVar[type[nn.Module]] = TCNGCN
 
 
 def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> AGCN:
@@ -137,7 +117,5 @@ def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> AGCN
     return AGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
 
 
-def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
-    """Official state_dict key and layout kind of one Flax variable; fc is the only Linear."""
-    kind = "linear" if path == ("fc", "kernel") else torch_io.default_kind(path, ndim)
-    return torch_io.default_torch_key(collection, path), kind
+# The same keys as CTR-GCN's: module names follow the torch attributes, fc is the only Linear.
+torch_key = ctrgcn.torch_key

@@ -4,6 +4,8 @@ Module names mirror the official PyTorch attributes (see layers.py) so torch_key
 almost the identity.
 """
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -89,8 +91,10 @@ class CTRGCN(nn.Module):
     """CTR-GCN on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
 
     features: the last block's map as (N, M, T', V, C'), channels-last, for the CSRE head.
+    `block` is the class of l1..l10: 2S-AGCN is this network with its own blocks.
     """
 
+    block: ClassVar[type[nn.Module]] = TCNGCN
     num_classes: int
     graph: str
     num_person: int
@@ -104,7 +108,8 @@ class CTRGCN(nn.Module):
         n, m = x.shape[0], x.shape[-1]
         x = normalized_person_rows(x, train)
         for i, (features, stride) in enumerate(block_plan(self.base_channels)):
-            x = TCNGCN(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")(x, train)
+            block = self.block(features, self.graph, stride, residual=i > 0, name=f"l{i + 1}")
+            x = block(x, train)
         feats = x.reshape(n, m, *x.shape[1:])
         logits = classify(feats, self.num_classes, self.dropout, train)
         return (logits, feats) if return_features else logits
