@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from csre_jax.cli import parse_flags
+from csre_jax.cli import parse_flags, start
 from csre_jax.evaluate.scores import ensemble, load_scores, topk_accuracy
-from csre_jax.training import distributed, loop
+from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -69,11 +69,7 @@ def score_ensemble(paths: list[str], weights: list[str] | None) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.initialize()  # before anything touches a device
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    start(argv)
     if _ENSEMBLE.value:
         score_ensemble(_ENSEMBLE.value, _WEIGHTS.value)
     elif _WORKDIR.value:

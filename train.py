@@ -10,11 +10,10 @@ On a cluster, start one process per host (or per GPU) with the same flags; see R
 """
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from csre_jax.cli import parse_flags
-from csre_jax.training import distributed
+from csre_jax.cli import parse_flags, start
 from csre_jax.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
@@ -22,11 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.initialize()  # before anything touches a device
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    start(argv)
     best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if best and jax.process_index() == 0:
         print(

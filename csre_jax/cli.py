@@ -3,8 +3,10 @@
 import importlib.util
 import sys
 
-from absl import flags
+from absl import app, flags, logging
 from ml_collections import ConfigDict
+
+from csre_jax.training import distributed
 
 
 def load_config_file(spec: str) -> ConfigDict:
@@ -52,3 +54,14 @@ def parse_flags(argv: list[str]) -> list[str]:
             raise
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(2) from error
+
+
+def start(argv: list[str]) -> None:
+    """What every entry point's main does first: refuse stray arguments, join a multi-host
+    run before anything touches a device, and quiet orbax/grain (they log every save at
+    INFO) unless --verbosity was given."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize()
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
