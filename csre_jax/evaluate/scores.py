@@ -1,8 +1,10 @@
 """Per-sample score files, top-k accuracy and weighted multi-stream ensembles.
 
 A score file is an .npz with 'logits' (N, num_classes) float32, 'labels' (N,) int32 and
-'sample_ids' (N,) int64 (the sample's index in its test split), plus string metadata. Two
-score files belong to the same test set only if their labels and sample ids agree.
+'sample_ids' (N,) int64 (the sample's index in its split: the test split, or for validation
+scores the full training split the samples were held out of), optionally 'features'
+(N, C) float32 (the backbone's pooled features, for t-SNE), plus JSON metadata. Two score
+files belong to the same evaluation set only if their labels and sample ids agree.
 """
 
 import json
@@ -22,17 +24,27 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 
 
 def save_scores(
-    path: Path, logits: np.ndarray, labels: np.ndarray, metadata: dict[str, str]
+    path: Path,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    metadata: dict,
+    *,
+    sample_ids: np.ndarray | None = None,
+    features: np.ndarray | None = None,
 ) -> None:
-    """Writes atomically: a crash never leaves half a file."""
+    """Writes atomically: a crash never leaves half a file. sample_ids default to 0..N-1."""
+    arrays = {
+        "logits": np.asarray(logits, np.float32),
+        "labels": np.asarray(labels, np.int32),
+        "sample_ids": np.arange(len(labels), dtype=np.int64)
+        if sample_ids is None
+        else np.asarray(sample_ids, np.int64),
+        "metadata": np.array(json.dumps(metadata)),
+    }
+    if features is not None:
+        arrays["features"] = np.asarray(features, np.float32)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            logits=np.asarray(logits, np.float32),
-            labels=np.asarray(labels, np.int32),
-            sample_ids=np.arange(len(labels), dtype=np.int64),
-            metadata=np.array(json.dumps(metadata)),
-        )
+        np.savez(f, **arrays)
 
 
 def load_scores(path: Path) -> dict:
@@ -48,6 +60,7 @@ def load_scores(path: Path) -> dict:
             "labels": f["labels"],
             "sample_ids": f["sample_ids"],
             "metadata": json.loads(str(f["metadata"])) if "metadata" in f.files else {},
+            "features": f["features"] if "features" in f.files else None,
         }
 
 
