@@ -48,12 +48,13 @@ def score_run(workdir: Path) -> None:
     folder = workdir / ("best" if _CHECKPOINT.value == "best" else "checkpoints")
     variables, step = restore_variables(folder, state.backbone_variables())
     output = Path(_OUTPUT.value or workdir / "scores" / f"test_scores_{_CHECKPOINT.value}.npz")
-    logits, scores = loop.evaluate(exp, eval_step, variables)
-    loop.save_test_scores(exp, logits, scores["top1"], output, f"{folder} step {step}")
+    test = loop.evaluate(exp, eval_step, variables, show_progress=jax.process_index() == 0)
+    loop.save_score_files(exp, eval_step, variables, test, output, f"{folder} step {step}")
     if jax.process_index() == 0:
+        also = f" and {loop.val_scores_path(output)}" if exp.dataset.val is not None else ""
         print(
-            f"{folder} (step {step}): top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% "
-            f"on {len(exp.dataset.test)} test samples; scores written to {output}"
+            f"{folder} (step {step}): top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}% "
+            f"on {len(exp.dataset.test)} test samples; scores written to {output}{also}"
         )
 
 

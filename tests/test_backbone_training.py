@@ -56,6 +56,7 @@ def test_tiny_config_trains_with_csre(model, dataset):
     written = np.asarray(state.banks["spatial"].features)[rows]
     np.testing.assert_allclose(np.linalg.norm(written, axis=1), 1.0, rtol=1e-5)
     if models.extra_inputs(exp.backbone):
-        logits, scores = loop.evaluate(exp, eval_step, state.backbone_variables())
-        assert logits.shape == (len(exp.dataset.test), exp.dataset.test.num_classes)
-        assert np.isfinite(logits).all() and 0 <= scores["top1"] <= 100
+        test = loop.evaluate(exp, eval_step, state.backbone_variables())
+        assert test.logits.shape == (len(exp.dataset.test), exp.dataset.test.num_classes)
+        assert np.isfinite(test.logits).all() and 0 <= test.top1 <= 100
+        assert len(test.features) == len(exp.dataset.test)

@@ -1,5 +1,6 @@
 """End-to-end training on a tiny synthetic config: learning, exact resume, clear errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def tiny_config(**overrides):
     config = synthetic.get_config()
     config.num_epochs = 3
     config.log_every_steps = 1
-    config.data.num_train = 96
+    config.data.num_train = 106  # 96 after the validation hold-out: 6 steps of 16
     config.data.num_test = 48
     config.data.num_frames = 16
     config.data.batch_size = 16
@@ -79,9 +80,15 @@ def test_tiny_run_learns_and_writes_everything(tiny_run):
     assert best["top1"] == max(e["test_top1"] for e in epochs)
     assert (tmp_path / "config.json").is_file()
     scores = np.load(tmp_path / "scores" / "test_scores.npz")
-    assert scores["logits"].shape == (48, 10)
+    assert scores["logits"].shape == (48, 10) and scores["features"].shape == (48, 32)
     top1 = 100 * np.mean(scores["logits"].argmax(1) == scores["labels"])
     np.testing.assert_allclose(top1, best["top1"], atol=1e-6)
+    # the held-out samples are recorded and scored by the same best model
+    split = json.loads((tmp_path / "validation_split.json").read_text())
+    assert (split["num_train_samples"], split["fraction"], len(split["indices"])) == (106, 0.1, 10)
+    val = np.load(tmp_path / "scores" / "val_scores.npz")
+    assert val["logits"].shape == (10, 10) and val["sample_ids"].tolist() == split["indices"]
+    assert json.loads(str(val["metadata"]))["split"] == "val"
 
 
 def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -214,6 +221,6 @@ def test_bfloat16_compute_keeps_float32_state_and_close_logits():
     variables = state.backbone_variables()
     _, f32_eval = loop.compile_steps(exps["float32"], state)
     x = {"x": loop.parallel.global_batch({"x": split.x[:16]}, exps["bfloat16"].mesh)["x"]}
-    low, full = np.asarray(eval_step(variables, x)), np.asarray(f32_eval(variables, x))
+    low, full = np.asarray(eval_step(variables, x)[0]), np.asarray(f32_eval(variables, x)[0])
     assert not np.array_equal(low, full)  # it really ran in bf16
     assert np.abs(low - full).max() <= 0.05 * np.abs(full).max()

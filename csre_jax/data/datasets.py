@@ -24,11 +24,16 @@ NTU_SPLIT_FILES = {
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """val (with data.val_fraction > 0) is held out of the training data; val_ids are its
+    samples' positions in the full training list, the same for every stream."""
+
     train: Split
     test: Split
     skeleton: str  # the graph the backbone is built for: "ntu" or "ucla"
     train_transform: Transform | None = None
     test_transform: Transform | None = None
+    val: Split | None = None
+    val_ids: np.ndarray | None = None
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one sample's model inputs: {'x': (C, T, V, M)} plus any extra ('joint')."""
@@ -38,7 +43,8 @@ class Dataset:
 
 
 def load_dataset(data: ConfigDict) -> Dataset:
-    """data.keep_joint (BlockGCN) adds each sample's absolute joints as the input 'joint'."""
+    """data.keep_joint (BlockGCN) adds each sample's absolute joints as the input 'joint';
+    data.val_fraction holds that share of every class's training samples out for validation."""
     if data.name == "synthetic":
         return _synthetic(data)
     if data.name in ("ntu60", "ntu120"):
@@ -47,6 +53,36 @@ def load_dataset(data: ConfigDict) -> Dataset:
         return _ucla(data)
     raise ValueError(
         f"data.name={data.name!r} is not a known dataset: choose synthetic, ntu60, ntu120 or ucla"
+    )
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) sorted positions: `fraction` of each class, at least one sample of
+    every class that has two, drawn with `seed`. Depends on labels only, not on the stream,
+    so the four streams of a benchmark hold out the same samples."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"data.val_fraction={fraction}: choose a share in [0, 1), e.g. 0.05")
+    held = []
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1) if fraction else 0
+        held.append(rng.permutation(members)[:count])
+    held_out = np.sort(np.concatenate(held)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+
+
+def _with_validation(dataset: Dataset, full_train: Split, data: ConfigDict, repeat=None):
+    """The dataset with data.val_fraction of full_train held out (then `repeat`ed, NW-UCLA)."""
+    fraction = data.get("val_fraction", 0.0)
+    if not fraction:
+        return dataset
+    kept, held_out = hold_out(full_train.labels, fraction, data.get("val_seed", 0))
+    train = full_train.subset(kept)
+    if repeat is not None:
+        train = repeat(train)
+    return dataclasses.replace(
+        dataset, train=train, val=full_train.subset(held_out), val_ids=held_out
     )
 
 
@@ -70,14 +106,24 @@ def _synthetic(data: ConfigDict) -> Dataset:
         raise ValueError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
     if skeleton == "ucla":
         train["x"], test["x"] = (s["x"][..., _UCLA_FROM_NTU_JOINTS, :1] for s in (train, test))
-    transform = (lambda x, rng: {"x": x, "joint": x}) if data.get("keep_joint") else None
-    return Dataset(
-        train=Split(train["x"], train["label"], data.num_classes),
+    stream, keep_joint = data.get("stream", "joint"), data.get("keep_joint", False)
+    transform = None
+    if stream != "joint" or keep_joint:
+        from csre_jax.data import transforms  # noqa: PLC0415 (only streams need it)
+
+        def transform(x, rng):
+            y = transforms.to_stream(x, stream, skeleton=skeleton, variant="ctrgcn")
+            return {"x": y, "joint": x} if keep_joint else y
+
+    full_train = Split(train["x"], train["label"], data.num_classes)
+    dataset = Dataset(
+        train=full_train,
         test=Split(test["x"], test["label"], data.num_classes),
         skeleton=skeleton,
         train_transform=transform,
         test_transform=transform,
     )
+    return _with_validation(dataset, full_train, data)
 
 
 def _ntu(data: ConfigDict) -> Dataset:
@@ -109,13 +155,15 @@ def _ntu(data: ConfigDict) -> Dataset:
         return lambda row, rng: sample_transform(transforms.ntu_row_to_sample(row), rng)
 
     num_classes = 60 if data.name == "ntu60" else 120
-    return Dataset(
-        train=_npz_split(path, "train", num_classes),
+    full_train = _npz_split(path, "train", num_classes)
+    dataset = Dataset(
+        train=full_train,
         test=_npz_split(path, "test", num_classes),
         skeleton="ntu",
         train_transform=transform(train=True),
         test_transform=transform(train=False),
     )
+    return _with_validation(dataset, full_train, data)
 
 
 def _ucla(data: ConfigDict) -> Dataset:
@@ -123,12 +171,16 @@ def _ucla(data: ConfigDict) -> Dataset:
     clip i mod 1,020), as the official feeder does."""
     from csre_jax.data import transforms, ucla  # noqa: PLC0415 (only NW-UCLA runs need it)
 
-    train_clips, train_labels = ucla.repeat_train(*ucla.load_split(data.root, "train"))
-    test_clips, test_labels = ucla.load_split(data.root, "val")
     num_classes = 10
+    base_train = Split(*ucla.load_split(data.root, "train"), num_classes)
+    test_clips, test_labels = ucla.load_split(data.root, "val")
     keep_joint = data.get("keep_joint", False)
-    return Dataset(
-        train=Split(train_clips, train_labels, num_classes),
+
+    def repeat(split: Split) -> Split:
+        return Split(*ucla.repeat_train(list(split.x), split.labels), num_classes)
+
+    dataset = Dataset(
+        train=repeat(base_train),
         test=Split(test_clips, test_labels, num_classes),
         skeleton="ucla",
         train_transform=transforms.ucla_transform(
@@ -138,6 +190,7 @@ def _ucla(data: ConfigDict) -> Dataset:
             train=False, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
         ),
     )
+    return _with_validation(dataset, base_train, data, repeat)
 
 
 def _npz_split(path: Path, split: str, num_classes: int) -> Split:

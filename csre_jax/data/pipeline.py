@@ -34,6 +34,24 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, indices: np.ndarray) -> "Split":
+        """The samples at `indices`, in that order; x stays lazy (a memmap is not read)."""
+        return Split(_Rows(self.x, np.asarray(indices)), self.labels[indices], self.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Lazy rows of an array or clip list: row i is source[indices[i]]."""
+
+    source: np.ndarray | Sequence[np.ndarray]
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.source[self.indices[i]]
+
 
 class _SplitSource(grain.sources.RandomAccessDataSource):
     def __init__(self, split: Split):

@@ -1,11 +1,12 @@
 """Training from a config: build everything once, then epochs of jitted steps.
 
 Evaluation every `eval_every_epochs`, the latest state checkpointed every epoch (and every
-`checkpoint_every_steps`), the best backbone kept for eval.py, and finally the best model's
-test scores written to workdir/scores/.
+`checkpoint_every_steps`), the best backbone kept for eval.py, and the best model's test
+scores (and, with a held-out validation split, its validation scores) in workdir/scores/.
 """
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from csre_jax.data.datasets import Dataset, load_dataset
 from csre_jax.data.pipeline import steps_per_epoch, train_dataset
 from csre_jax.evaluate.predict import predict
 from csre_jax.evaluate.scores import save_scores, topk_accuracy
+from csre_jax.fileio import atomic_write
 from csre_jax.training import optimizer, parallel
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.metrics import MetricWriter, mean_metrics
@@ -153,26 +155,54 @@ def compile_steps(exp: Experiment, state: TrainState):
     return train_step, eval_step
 
 
-def evaluate(exp: Experiment, eval_step, variables) -> tuple[np.ndarray, dict[str, float]]:
-    """Test logits and top-1/top-5 (in %) of backbone variables."""
-    logits = predict(
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A backbone's outputs on one split: per-sample logits and pooled features, accuracies."""
+
+    logits: np.ndarray
+    features: np.ndarray
+    top1: float  # %
+    top5: float  # %
+
+
+def evaluate(
+    exp: Experiment, eval_step, variables, split: str = "test", show_progress: bool = False
+) -> Evaluation:
+    """Backbone variables on the test split, or on the held-out validation split ('val')."""
+    samples = exp.dataset.test if split == "test" else exp.dataset.val
+    logits, features = predict(
         eval_step,
         variables,
-        exp.dataset.test,
+        samples,
         batch_size=exp.config.data.eval_batch_size,
         mesh=exp.mesh,
         transform=exp.dataset.test_transform,
+        show_progress=show_progress,
     )
-    labels = exp.dataset.test.labels
-    return logits, {
-        "top1": 100 * topk_accuracy(logits, labels, 1),
-        "top5": 100 * topk_accuracy(logits, labels, 5),
-    }
+    top1, top5 = (100 * topk_accuracy(logits, samples.labels, k) for k in (1, 5))
+    return Evaluation(logits, features, top1, top5)
 
 
 def _write_config(config: ConfigDict, workdir: Path) -> None:
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def _write_validation_split(exp: Experiment, workdir: Path) -> None:
+    """Records which training samples were held out, so ensembles can check it."""
+    if jax.process_index() != 0 or exp.dataset.val is None:
+        return
+    data = exp.config.data
+    record = {
+        "dataset": data.name,
+        "benchmark": data.get("benchmark", ""),
+        "fraction": data.val_fraction,
+        "seed": data.val_seed,
+        "num_train_samples": len(exp.dataset.train) + len(exp.dataset.val),
+        "indices": exp.dataset.val_ids.tolist(),
+    }
+    with atomic_write(workdir / "validation_split.json") as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
 
 
 def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
@@ -185,6 +215,7 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     exp = build(config)
     _write_config(config, workdir)
+    _write_validation_split(exp, workdir)
     state = init_state(exp)
     train_step, eval_step = compile_steps(exp, state)
     batches = iter(
@@ -225,15 +256,17 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
                 epoch_history = []
                 if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
                     variables = state.backbone_variables()
-                    logits, scores = evaluate(exp, eval_step, variables)
+                    test = evaluate(exp, eval_step, variables)
+                    scores = {"top1": test.top1, "top5": test.top5}
                     values |= {f"test_{k}": v for k, v in scores.items()}
                     if best is None or scores["top1"] > best["top1"]:
                         best = scores | {"epoch": epoch}
                         checkpointer.save_best(step, variables, best)
-                        save_test_scores(
+                        save_score_files(
                             exp,
-                            logits,
-                            scores["top1"],
+                            eval_step,
+                            variables,
+                            test,
                             workdir / "scores" / "test_scores.npz",
                             f"{workdir / 'best'} step {step}",
                         )
@@ -252,16 +285,43 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     return best or {}
 
 
-def save_test_scores(exp: Experiment, logits: np.ndarray, top1: float, path: Path, source: str):
-    """The per-sample score file of one evaluation (process 0 writes it)."""
-    if jax.process_index() == 0:
-        data = exp.config.data
-        metadata = {
-            "dataset": data.name,
-            "benchmark": data.get("benchmark", ""),
-            "stream": data.get("stream", "joint"),
-            "model": exp.config.model.name,
-            "checkpoint": source,
-            "top1": top1,
-        }
-        save_scores(path, logits, exp.dataset.test.labels, metadata)
+def val_scores_path(test_path: Path) -> Path:
+    """scores/test_scores*.npz -> scores/val_scores*.npz (else <name>_val.npz)."""
+    name = test_path.name
+    if name.startswith("test_"):
+        return test_path.with_name("val_" + name.removeprefix("test_"))
+    return test_path.with_name(f"{test_path.stem}_val{test_path.suffix}")
+
+
+def save_score_files(
+    exp: Experiment, eval_step, variables, test: Evaluation, test_path: Path, source: str
+) -> None:
+    """The test score file of an evaluated model and, when the dataset holds out a
+    validation split, that model's validation score file (val_scores_path); process 0
+    writes them."""
+    data = exp.config.data
+    metadata = {
+        "dataset": data.name,
+        "benchmark": data.get("benchmark", ""),
+        "stream": data.get("stream", "joint"),
+        "model": exp.config.model.name,
+        "checkpoint": source,
+    }
+    val = evaluate(exp, eval_step, variables, "val") if exp.dataset.val is not None else None
+    if jax.process_index() != 0:
+        return
+    save_scores(
+        test_path,
+        test.logits,
+        exp.dataset.test.labels,
+        metadata | {"split": "test", "top1": test.top1},
+        features=test.features,
+    )
+    if val is not None:
+        save_scores(
+            val_scores_path(test_path),
+            val.logits,
+            exp.dataset.val.labels,
+            metadata | {"split": "val", "top1": val.top1},
+            sample_ids=exp.dataset.val_ids,
+        )

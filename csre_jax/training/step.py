@@ -107,12 +107,18 @@ def make_train_step(
 
 def make_eval_step(
     backbone: nn.Module, compute_dtype: jnp.dtype = jnp.float32
-) -> Callable[[dict, Batch], jax.Array]:
-    """Logits of the backbone alone in eval mode: heads and banks play no part."""
+) -> Callable[[dict, Batch], tuple[jax.Array, jax.Array]]:
+    """(logits, pooled features) of the backbone alone in eval mode: heads and banks play no
+    part. The features, the last map averaged over everything but its channels, are what
+    the reports' t-SNE shows."""
 
     def eval_step(variables, batch):
         x, extras = cast_floats(model_inputs(backbone, batch), compute_dtype)
         variables = {**variables, "params": cast_floats(variables["params"], compute_dtype)}
-        return backbone.apply(variables, x, **extras, train=False).astype(jnp.float32)
+        logits, feature_map = backbone.apply(
+            variables, x, **extras, train=False, return_features=True
+        )
+        pooled = feature_map.mean(axis=tuple(range(1, feature_map.ndim - 1)))
+        return logits.astype(jnp.float32), pooled.astype(jnp.float32)
 
     return eval_step
