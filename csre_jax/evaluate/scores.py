@@ -61,28 +61,43 @@ def load_scores(path: Path) -> dict:
             "sample_ids": f["sample_ids"],
             "metadata": json.loads(str(f["metadata"])) if "metadata" in f.files else {},
             "features": f["features"] if "features" in f.files else None,
+            "path": str(path),
         }
 
 
-def ensemble(paths: Sequence[Path], weights: Sequence[float]) -> dict:
-    """Weighted sum of raw logits over score files of the same test set."""
-    if len(paths) != len(weights):
-        raise ValueError(f"{len(paths)} score files but {len(weights)} weights")
-    runs = [load_scores(p) for p in paths]
+def check_same_samples(runs: Sequence[dict], what: str = "test set") -> None:
+    """Refuses score files of different samples: fusing them would pair unrelated rows.
+
+    Each run is a loaded score file (load_scores); the error names both files."""
     first = runs[0]
-    for path, run in zip(paths[1:], runs[1:], strict=True):
+    for run in runs[1:]:
+        pair = f"{run['path']} and {first['path']}"
         if run["logits"].shape != first["logits"].shape:
             raise ValueError(
-                f"{path}: scores of shape {run['logits'].shape} do not match "
-                f"{paths[0]} ({first['logits'].shape}); they are not the same test set"
+                f"{pair}: scores of shape {run['logits'].shape} and {first['logits'].shape} "
+                f"(samples, classes); they are not the same {what}"
             )
-        same = np.array_equal(run["labels"], first["labels"]) and np.array_equal(
-            run["sample_ids"], first["sample_ids"]
-        )
-        if not same:
+        if not np.array_equal(run["sample_ids"], first["sample_ids"]):
+            row = int(np.argmax(run["sample_ids"] != first["sample_ids"]))
             raise ValueError(
-                f"{path}: labels or sample order differ from {paths[0]}; "
-                f"they are not the same test set"
+                f"{pair}: labels or sample order differ (row {row} holds sample "
+                f"{run['sample_ids'][row]} in one, {first['sample_ids'][row]} in the other); "
+                f"they are not the same {what} in the same order"
             )
+        if not np.array_equal(run["labels"], first["labels"]):
+            row = int(np.argmax(run["labels"] != first["labels"]))
+            raise ValueError(
+                f"{pair}: labels or sample order differ (row {row} is labelled "
+                f"{run['labels'][row]} in one, {first['labels'][row]} in the other); "
+                f"they are not the same {what}"
+            )
+
+
+def ensemble(runs: Sequence[dict | Path], weights: Sequence[float]) -> dict:
+    """Weighted sum of raw logits over score files (paths or loaded) of the same test set."""
+    if len(runs) != len(weights):
+        raise ValueError(f"{len(runs)} score files but {len(weights)} weights")
+    runs = [run if isinstance(run, dict) else load_scores(run) for run in runs]
+    check_same_samples(runs)
     fused = sum(w * run["logits"].astype(np.float64) for w, run in zip(weights, runs, strict=True))
-    return {"logits": fused, "labels": first["labels"]}
+    return {"logits": fused, "labels": runs[0]["labels"], "sample_ids": runs[0]["sample_ids"]}
