@@ -1,0 +1,368 @@
+"""Train-step time of the official PyTorch backbones, timed as benchmarks.step_time times ours.
+
+Run with a Python that has PyTorch (never the project's own environment), from the repository root:
+
+  /path/to/torch/python -m benchmarks.torch_reference --official-root=/path/to/official
+  ... --models=ctrgcn,agcn --batch=16 --frames=64 --threads=2 --steps=3 --json=torch.json
+
+For each backbone, in its own process (so the peak RSS is that backbone's own): build the official
+model class exactly as its NTU120 X-sub config does (120 classes, 25 joints, 2 persons, the graph
+the config names), draw random NTU-shaped float32 input (N, 3, T, 25, 2) and random labels, and
+time train steps: zero_grad, forward in train mode, cross-entropy on the logits, backward, the
+official optimizer's step. torch.set_num_threads(--threads) (and OMP/MKL_NUM_THREADS) in that
+process. Reported: parameters, the first step (includes lazy initialisation), the median of the
+next --steps steps, peak RSS. --json writes {model: {params, first_step_s, step_s, peak_rss_gib,
+torch_version, threads, ...}} for a benchmark that prints ours / official.
+
+The official code is not vendored here: clone each repository into --official-root, one folder
+per repository named owner__repo (so the official `model` / `graph` / `utils` packages import
+unchanged; each backbone's process puts only its own folders on sys.path):
+
+  Uason-Chen__CTR-GCN          https://github.com/Uason-Chen/CTR-GCN
+                               model/ctrgcn.py, graph/{__init__,ntu_rgb_d,tools,ucla}.py
+  lshiwjx__2s-AGCN             https://github.com/lshiwjx/2s-AGCN
+                               model/{__init__,agcn}.py,
+                               graph/{__init__,ntu_rgb_d,tools,kinetics}.py
+  zhshj0110__CSRE              https://github.com/zhshj0110/CSRE (Hyperformer as released with CSRE)
+                               model/Hyperformer.py (+ graph/ when the repository has it)
+  ZhouYuxuanYX__Hyperformer    https://github.com/ZhouYuxuanYX/Hyperformer
+                               graph/{ntu_rgb_d,tools}.py; model/Hyperformer.py is used only when
+                               zhshj0110__CSRE is absent
+  ZhouYuxuanYX__BlockGCN       https://github.com/ZhouYuxuanYX/BlockGCN
+                               model/BlockGCN.py (+ graph/ntu_rgb_d.py; without it the
+                               Hyperformer folder's graph is used: BlockGCN's NTU graph has the
+                               same edges); needs einops and torch-topological installed
+  stnoah1__infogcn             https://github.com/stnoah1/infogcn
+                               model/{infogcn,modules,ms_tcn,activation}.py, utils.py,
+                               graph/{ntu_rgb_d,tools}.py; needs einops and tqdm
+  huguyuehuhu__HCN-pytorch     https://github.com/huguyuehuhu/HCN-pytorch
+                               model/HCN.py, utils/{__init__,utils}.py; needs openpyxl
+
+Where a model's folders list several, they go on sys.path in that order, so a file missing from
+the first is taken from the next. The official files are run unchanged; what this script does
+around them (all outside the timed work or not changing it): 2S-AGCN's hard-coded
+`self.A.cuda(x.get_device())` gets an A whose .cuda() returns the CPU tensor; InfoGCN's float64
+A_vector is cast to float32 (officially apex AMP casts it); HCN's unused `import torchvision` is
+satisfied by an empty module when torchvision is not installed. Hyperformer from the CSRE release
+also runs its STFD head (`std`) in the forward pass; only the logits enter the loss, and its
+parameters are left out of the reported count (ours has no such head).
+
+Optimizers as configured (the learning rate does not change the step time): SGD momentum 0.9,
+Nesterov, weight decay on every parameter (CTR-GCN lr 0.1 wd 4e-4; 2S-AGCN 0.1 / 1e-4;
+Hyperformer 0.025 / 4e-4; BlockGCN 0.05 / 4e-4; InfoGCN 0.1 / 5e-4); HCN Adam (lr 1e-3,
+wd 1e-4) after clip_grad_norm_(0.5 * batch) as its training loop does. The loss is plain
+cross-entropy for all: InfoGCN's label smoothing and latent regularisers and CSRE's contrastive
+terms are not part of a backbone step.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+RESULT_MARK = "@@torch_reference@@"
+
+# NTU120 X-sub, as the official configs build the models.
+NTU = {"num_point": 25, "num_person": 2}
+NTU_GRAPH = {"graph": "graph.ntu_rgb_d.Graph", "graph_args": {"labeling_mode": "spatial"}}
+JOINT_LABEL = [0, 4, 2, 2, 2, 2, 1, 1, 2, 2, 1, 1, 2, 3, 3, 3, 2, 3, 3, 3, 1, 0, 1, 0, 1]
+
+
+def _sgd(lr, weight_decay):
+    return {
+        "name": "SGD",
+        "lr": lr,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": weight_decay,
+    }
+
+
+# folders (first has priority), module, class, constructor arguments, graph module to import
+# first, call style, optimizer.
+SPECS = {
+    "ctrgcn": {
+        "roots": ["Uason-Chen__CTR-GCN"],
+        "module": "model.ctrgcn",
+        "cls": "Model",
+        "kwargs": {**NTU, **NTU_GRAPH},
+        "call": "x",
+        "optimizer": _sgd(0.1, 4e-4),
+    },
+    "agcn": {
+        "roots": ["lshiwjx__2s-AGCN"],
+        "module": "model.agcn",
+        "cls": "Model",
+        "kwargs": {**NTU, **NTU_GRAPH},
+        "call": "x",
+        "optimizer": _sgd(0.1, 1e-4),
+    },
+    "hyperformer": {
+        "roots": ["zhshj0110__CSRE", "ZhouYuxuanYX__Hyperformer"],
+        "module": "model.Hyperformer",
+        "cls": "Model",
+        "kwargs": {**NTU, **NTU_GRAPH, "joint_label": JOINT_LABEL},
+        "call": "x_onehot",
+        "optimizer": _sgd(0.025, 4e-4),
+    },
+    "blockgcn": {
+        "roots": ["ZhouYuxuanYX__BlockGCN", "ZhouYuxuanYX__Hyperformer"],
+        "module": "model.BlockGCN",
+        "cls": "Model",
+        "kwargs": {**NTU, **NTU_GRAPH, "joint_label": JOINT_LABEL},
+        "call": "x_onehot_joint",
+        "optimizer": _sgd(0.05, 4e-4),
+    },
+    "hcn": {
+        "roots": ["huguyuehuhu__HCN-pytorch"],
+        "module": "model.HCN",
+        "cls": "HCN",
+        "kwargs": {"in_channel": 3, "num_joint": 25, "num_person": 2, "out_channel": 64},
+        "call": "x_target",
+        "optimizer": {"name": "Adam", "lr": 1e-3, "weight_decay": 1e-4, "clip": 0.5},
+    },
+    "infogcn": {
+        "roots": ["stnoah1__infogcn"],
+        "module": "model.infogcn",
+        "cls": "InfoGCN",
+        "kwargs": {
+            **NTU,
+            "graph": "graph.ntu_rgb_d.Graph",
+            "in_channels": 3,
+            "drop_out": 0,
+            "num_head": 3,
+            "k": 1,
+            "noise_ratio": 0.5,
+            "gain": 3,
+        },
+        "call": "x",
+        "optimizer": _sgd(0.1, 5e-4),
+    },
+}
+MODEL_NAMES = tuple(SPECS)
+# Heads that the released file carries but the backbone step does not train (CSRE's STFD head).
+UNTRAINED_PREFIXES = ("std.",)
+
+
+class _CpuAdjacency:
+    """Stands in for 2S-AGCN's plain-tensor `A`: its forward calls A.cuda(x.get_device())."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def cuda(self, *args, **kwargs):
+        return self.tensor
+
+
+def _put_on_path(args, name: str) -> list[str]:
+    roots = [os.path.join(args.official_root, root) for root in SPECS[name]["roots"]]
+    found = [root for root in roots if os.path.isdir(root)]
+    if not found:
+        raise SystemExit(f"{name}: none of {roots} exists (see this module's docstring)")
+    sys.path[:0] = found
+    return found
+
+
+def build(args, name: str):
+    """The official model, built as its NTU120 config does; returns (model, source file)."""
+    import importlib
+
+    spec = SPECS[name]
+    _put_on_path(args, name)
+    if name == "hcn":
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            sys.modules["torchvision"] = types.ModuleType("torchvision")
+    # import_class('graph.ntu_rgb_d.Graph') reaches the module by attribute: import it first
+    # (some repositories' graph/ has no __init__.py importing its modules).
+    if "graph" in spec["kwargs"]:
+        importlib.import_module(spec["kwargs"]["graph"].rsplit(".", 1)[0])
+    module = importlib.import_module(spec["module"])
+    kwargs = dict(spec["kwargs"], num_class=args.classes)
+    if name == "hcn":
+        kwargs["window_size"] = args.frames
+    model = getattr(module, spec["cls"])(**kwargs)
+    if name == "agcn":
+        for unit in model.modules():
+            if type(unit).__name__ == "unit_gcn":
+                unit.A = _CpuAdjacency(unit.A)
+    if name == "infogcn":
+        model.A_vector = model.A_vector.float()
+    return model, os.path.abspath(module.__file__)
+
+
+def make_optimizer(model, spec):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if spec["name"] == "Adam":
+        return torch.optim.Adam(
+            params, lr=spec["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=spec["weight_decay"]
+        )
+    return torch.optim.SGD(
+        params,
+        lr=spec["lr"],
+        momentum=spec["momentum"],
+        nesterov=spec["nesterov"],
+        weight_decay=spec["weight_decay"],
+    )
+
+
+def measure(args, name: str) -> dict:
+    """One backbone in this process: build, then time the first and `steps` further steps."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, source = build(args, name)
+    model.train()
+    spec = SPECS[name]
+    optimizer = make_optimizer(model, spec["optimizer"])
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    params = sum(p.numel() for k, p in named if not k.startswith(UNTRAINED_PREFIXES))
+    params_all = sum(p.numel() for _, p in named)
+    clip = spec["optimizer"].get("clip")
+    generator = torch.Generator().manual_seed(1)
+
+    def batch():
+        x = torch.randn(args.batch, 3, args.frames, 25, 2, generator=generator)
+        label = torch.randint(0, args.classes, (args.batch,), generator=generator)
+        return x, label
+
+    def step(x, label):
+        optimizer.zero_grad()
+        call = spec["call"]
+        if call == "x":
+            out = model(x)
+        elif call == "x_target":
+            out = model(x, target=label)
+        elif call == "x_onehot":
+            out = model(x, F.one_hot(label, num_classes=args.classes))
+        else:  # BlockGCN: (data, one-hot label, absolute joints); the joint stream's clip itself
+            out = model(x, F.one_hot(label, num_classes=args.classes), x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = F.cross_entropy(logits, label)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip * args.batch)
+        optimizer.step()
+        return float(loss.detach())
+
+    times = []
+    for _ in range(args.steps + 1):
+        x, label = batch()
+        start = time.perf_counter()
+        loss = step(x, label)
+        times.append(time.perf_counter() - start)
+    if loss != loss:
+        raise RuntimeError(f"{name}: the loss is NaN")
+    return {
+        "params": params,
+        "params_all": params_all,
+        "first_step_s": times[0],
+        "step_s": statistics.median(times[1:]) if times[1:] else times[0],
+        "step_times_s": times[1:],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "frames": args.frames,
+        "classes": args.classes,
+        "optimizer": spec["optimizer"]["name"],
+        "source": source,
+    }
+
+
+def run_child(args, name: str) -> dict:
+    """Runs `measure` for one backbone in a fresh interpreter; returns its result or an error."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.torch_reference",
+        f"--official-root={args.official_root}",
+        f"--models={name}",
+        f"--batch={args.batch}",
+        f"--frames={args.frames}",
+        f"--classes={args.classes}",
+        f"--threads={args.threads}",
+        f"--steps={args.steps}",
+        "--child",
+    ]
+    threads = str(args.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    tail = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["?"])[-1]
+    sys.stderr.write(done.stdout + done.stderr)
+    return {"error": f"exit {done.returncode}: {tail}"}
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| backbone | parameters | first step | step (median) | peak RSS | threads | torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} | | | | | |")
+            continue
+        params = f"{r['params']:,}"
+        if r["params_all"] != r["params"]:
+            params += f" ({r['params_all']:,} with the std head)"
+        lines.append(
+            f"| {name} | {params} | {r['first_step_s']:.2f} s | {r['step_s']:.2f} s | "
+            f"{r['peak_rss_gib']:.2f} GiB | {r['threads']} | {r['torch_version']} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official-root", required=True, help="folder of owner__repo clones")
+    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=120)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
+    parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(SPECS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(SPECS)}")
+    if args.child:
+        print(RESULT_MARK + json.dumps(measure(args, names[0])), flush=True)
+        return
+    print(
+        f"official PyTorch backbones: batch {args.batch}, {args.frames} frames, "
+        f"{args.classes} classes, {args.threads} threads, median of {args.steps} steps",
+        flush=True,
+    )
+    results = {}
+    for name in names:
+        results[name] = run_child(args, name)
+        r = results[name]
+        status = r["error"] if "error" in r else f"{r['step_s']:.2f} s/step"
+        print(f"  {name}: {status}", flush=True)
+    print(table(results))
+    if args.json:
+        good = {name: r for name, r in results.items() if "error" not in r}
+        with open(args.json, "w") as f:
+            json.dump(good, f, indent=1)
+    if any("error" in r for r in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
