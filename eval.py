@@ -1,15 +1,24 @@
-"""Scores a trained run on its test split, or ensembles score files.
+"""Scores a trained run, or evaluates runs and their multi-stream ensembles with reports.
 
-  python eval.py --workdir=runs/synthetic                 # best checkpoint, config from the run
-  python eval.py --workdir=runs/x --checkpoint=latest --output=scores/x_latest.npz
-  python eval.py --ensemble=runs/j/scores/test_scores.npz,runs/b/scores/test_scores.npz \
-      --weights=1,1
+  python eval.py --workdir=runs/j                          # rescore the best checkpoint
+  python eval.py --workdir=runs/j --checkpoint=latest --output=scores/j_latest.npz
+  python eval.py --runs=runs/j,runs/b,runs/jm,runs/bm      # streams, 2-stream and 4-stream
+  python eval.py --runs=runs/j,runs/b,runs/jm,runs/bm --search_weights \
+      --baseline=runs/j0,runs/b0,runs/jm0,runs/bm0 --report=reports/ntu120_xsub
+  python eval.py --runs=j.pkl,b.pkl --streams=joint,bone --labels=NTU120_CSub.npz
+  python eval.py --runs=runs/j --export_pickle=j_epoch1_test_score.pkl
 
-Scoring writes a per-sample score file (raw logits, labels, sample ids) and prints top-1/top-5.
-An ensemble sums the files' logits with the given weights and prints every accuracy.
+A run is a folder written by train.py (its scores/test_scores.npz and, when it held out a
+validation split, scores/val_scores.npz) or a score file: ours (.npz) or CTR-GCN's pickle
+(.pkl, labelled with --labels). Ensembles take their weights from the published ensemble
+scripts, from --weights (file order), or with --search_weights from a grid search on the
+validation scores only, never on the test labels; each result says which. --report writes
+report.json, report.md and PNG figures (per-class accuracy, difficulty levels, confusion
+matrix, t-SNE, and with --baseline the classes that gained or lost most).
 """
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -17,18 +26,44 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from csre_jax.cli import parse_flags, start
-from csre_jax.evaluate.scores import ensemble, load_scores, topk_accuracy
+from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
+from csre_jax.evaluate.ensembles import Evaluation, evaluate_runs
+from csre_jax.evaluate.reports import results_table, write_report
+from csre_jax.evaluate.runs import load_runs
 from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config of the run (default: the run's own config.json)."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder written by train.py, to rescore.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which model to score.")
 _OUTPUT = flags.DEFINE_string("output", None, "Score file (default <workdir>/scores/...).")
-_ENSEMBLE = flags.DEFINE_list("ensemble", None, "Score files to ensemble.")
-_WEIGHTS = flags.DEFINE_list("weights", None, "One weight per ensembled file (default all 1).")
+_RUNS = flags.DEFINE_list("runs", None, "Run folders or score files (.npz, or CTR-GCN .pkl).")
+_VAL_RUNS = flags.DEFINE_list(
+    "val_runs", None, "Validation score files of score-file --runs, in --runs order."
+)
+_STREAMS = flags.DEFINE_list(
+    "streams", None, "Stream of each run in --runs order (default: from the score files)."
+)
+_LABELS = flags.DEFINE_string(
+    "labels", None, "Labels of .pkl runs: our score file, the NTU split .npz or val_label.pkl."
+)
+_BASELINE = flags.DEFINE_list(
+    "baseline", None, "Runs to compare against (e.g. without CSRE), evaluated the same way."
+)
+_BASELINE_VAL_RUNS = flags.DEFINE_list(
+    "baseline_val_runs", None, "Validation score files of score-file --baseline runs."
+)
+_WEIGHTS = flags.DEFINE_list("weights", None, "One ensemble weight per run, in --runs order.")
+_SEARCH_WEIGHTS = flags.DEFINE_bool(
+    "search_weights", False, "Search ensemble weights on the runs' validation scores."
+)
+_REPORT = flags.DEFINE_string("report", None, "Folder for report.json, report.md and figures.")
+_TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes listed as gained/lost/confused.")
+_EXPORT_PICKLE = flags.DEFINE_string(
+    "export_pickle", None, "Write the one --runs entry's test scores as a CTR-GCN pickle."
+)
 
 
 def _run_config(workdir: Path) -> ConfigDict:
@@ -58,25 +93,49 @@ def score_run(workdir: Path) -> None:
         )
 
 
-def score_ensemble(paths: list[str], weights: list[str] | None) -> None:
-    weights = [float(w) for w in weights] if weights else [1.0] * len(paths)
-    for path in paths:
-        run = load_scores(path)
-        print(f"{path}: top-1 {100 * topk_accuracy(run['logits'], run['labels']):.2f}%")
-    fused = ensemble(paths, weights)
-    top1 = 100 * topk_accuracy(fused["logits"], fused["labels"], 1)
-    top5 = 100 * topk_accuracy(fused["logits"], fused["labels"], 5)
-    print(f"ensemble (weights {weights}): top-1 {top1:.2f}%, top-5 {top5:.2f}%")
+def _evaluate(specs: list[str], val_specs: list[str] | None, title: str) -> Evaluation:
+    tests, vals = load_runs(
+        specs, val_specs=val_specs, labels=_LABELS.value, streams=_STREAMS.value
+    )
+    weights = [float(w) for w in _WEIGHTS.value] if _WEIGHTS.value else None
+    evaluation = evaluate_runs(
+        tests, weights=weights, val_runs=vals, search=_SEARCH_WEIGHTS.value, show_progress=True
+    )
+    summary = evaluation.summary()
+    print(f"{title} ({len(evaluation.labels)} test samples)\n{results_table(summary)}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    return evaluation
+
+
+def evaluate_and_report() -> None:
+    if _EXPORT_PICKLE.value:
+        if len(_RUNS.value) != 1:
+            raise ValueError(f"--export_pickle takes one run, got {len(_RUNS.value)} in --runs")
+        (test,), _ = load_runs(_RUNS.value, labels=_LABELS.value, streams=_STREAMS.value)
+        save_pickle_scores(Path(_EXPORT_PICKLE.value), test)
+        print(f"{test['path']}: test scores written to {_EXPORT_PICKLE.value} (CTR-GCN pickle)")
+    evaluation = _evaluate(_RUNS.value, _VAL_RUNS.value, "runs")
+    baseline = None
+    if _BASELINE.value:
+        baseline = _evaluate(_BASELINE.value, _BASELINE_VAL_RUNS.value, "baseline")
+    if _REPORT.value:
+        write_report(Path(_REPORT.value), evaluation, baseline, top=_TOP_CLASSES.value)
+        print(f"report written to {Path(_REPORT.value) / 'report.md'} (and report.json, PNGs)")
 
 
 def main(argv):
     start(argv)
-    if _ENSEMBLE.value:
-        score_ensemble(_ENSEMBLE.value, _WEIGHTS.value)
+    if _RUNS.value:
+        try:
+            evaluate_and_report()
+        except (ValueError, FileNotFoundError) as error:
+            sys.stderr.write(f"error: {error}\n")
+            raise SystemExit(1) from error
     elif _WORKDIR.value:
         score_run(Path(_WORKDIR.value))
     else:
-        raise app.UsageError("pass --workdir=<run> to score a run, or --ensemble=<files>")
+        raise app.UsageError("pass --runs=<runs or score files> to evaluate, or --workdir=<run>")
 
 
 if __name__ == "__main__":

@@ -131,9 +131,9 @@ def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp
     rescored, during_training = np.load(output), np.load(workdir / "scores" / "test_scores.npz")
     np.testing.assert_allclose(rescored["logits"], during_training["logits"], rtol=1e-5, atol=1e-5)
 
-    result = _run("eval.py", f"--ensemble={output},{output}", "--weights=1,0.5")
+    result = _run("eval.py", f"--runs={output},{output}", "--weights=1,0.5")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"ensemble (weights [1.0, 0.5]): top-1 {best['top1']:.2f}%" in result.stdout
+    assert f"| ensemble of 2 runs | {best['top1']:.2f} |" in result.stdout
 
 
 def test_a_checkpoint_of_another_model_is_refused_with_its_path(tiny_run):

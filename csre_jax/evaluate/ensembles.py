@@ -212,11 +212,16 @@ def _searched(
     return Weights(values, _validation_source(chosen, accuracy))
 
 
+def _distinct_streams(runs: Sequence[dict]) -> bool:
+    streams = [run["metadata"].get("stream") for run in runs]
+    return set(streams) <= set(STREAMS) and len(set(streams)) == len(streams)
+
+
 def _plan(
     test_runs: Sequence[dict], weights: Sequence[float] | None, model: str, dataset: str
 ) -> tuple[list[tuple[list[int], Weights]], list[str]]:
     """Which ensembles to score (run indices in weight order) with which weights, and notes;
-    from the runs' metadata only."""
+    from the runs' metadata only. Without known, distinct streams only given weights apply."""
     if weights is not None and len(weights) != len(test_runs):
         raise ValueError(f"{len(test_runs)} runs but {len(weights)} weights")
     if len(test_runs) < 2:
@@ -260,7 +265,7 @@ def evaluate_runs(
     all runs with `weights` (file order) when given. The weights are settled before any test
     label is read."""
     if weights is not None and search:
-        raise ValueError("give weights or search them on validation scores, not both")
+        raise ValueError("--weights and --search_weights: give weights or search them, not both")
     metadata = test_runs[0]["metadata"]
     dataset = metadata.get("dataset") or ""
     plans, notes = _plan(test_runs, weights, metadata.get("model", ""), dataset)
@@ -270,13 +275,15 @@ def evaluate_runs(
             (members, _searched(members, default, val_runs, test_runs, show_progress))
             for members, default in plans
         ]
+        if not plans:
+            notes.append("--search_weights: no 2- or 4-stream ensemble to search weights for")
     check_same_samples(test_runs)
     labels = test_runs[0]["labels"]
-    runs = [_result(run, labels) for run in test_runs]
+    runs = [_result(run, labels, _distinct_streams(test_runs)) for run in test_runs]
     ensembles = []
     for members, chosen in plans:
         fused = ensemble([test_runs[i] for i in members], chosen.values)["logits"]
-        names = [test_runs[i]["metadata"].get("stream") or test_runs[i]["path"] for i in members]
+        names = [runs[i].name for i in members]
         ensembles.append(
             _scored(ensemble_name(names), fused, labels, members=tuple(names), weights=chosen)
         )
@@ -288,6 +295,6 @@ def _scored(name: str, logits: np.ndarray, labels: np.ndarray, **fields) -> Resu
     return Result(name, top1, top5, logits, **fields)
 
 
-def _result(run: dict, labels: np.ndarray) -> Result:
-    name = run["metadata"].get("stream") or run["path"]
+def _result(run: dict, labels: np.ndarray, name_by_stream: bool) -> Result:
+    name = run["metadata"]["stream"] if name_by_stream else run["path"]
     return _scored(name, run["logits"], labels, path=run["path"], features=run.get("features"))
