@@ -130,9 +130,11 @@ def test_selected_sets_follow_the_sampling_modes(pos_mode, neg_mode):
     config = ContrastConfig(
         num_positives=3, num_negatives=5, positive_sampling=pos_mode, negative_sampling=neg_mode
     )
-    pos_sets, neg_sets = select_slots(
+    pos_sets, neg_sets, enough = select_slots(
         jnp.asarray(sims), jnp.asarray(positives), jnp.asarray(negatives), jax.random.key(1), config
     )
+    expected_enough = (positives.sum(1) >= 3) & (negatives.sum(1) >= 5)
+    np.testing.assert_array_equal(np.asarray(enough), expected_enough)
     assert len(pos_sets) == len(pos_mode.split("+"))
     assert len(neg_sets) == len(neg_mode.split("+"))
     for sets, pool, k, mode in (
@@ -168,6 +170,24 @@ def test_random_sets_are_uniform_over_the_pool():
     np.testing.assert_allclose(counts[pool] / draws, 5 / len(pool), atol=0.05)
 
 
+def test_random_sets_of_two_anchors_are_independent():
+    """Anchors with the same pool draw their random negatives independently: their sets
+    overlap by k^2 / pool slots on average (hypergeometric), not more."""
+    sims, positives, negatives = _random_bank_state()
+    pool = np.broadcast_to(negatives[:1], negatives.shape)  # every anchor: anchor 0's pool
+    config = ContrastConfig(num_positives=3, num_negatives=5, negative_sampling="random")
+    select = jax.jit(
+        lambda key: select_slots(
+            jnp.asarray(sims), jnp.asarray(positives), jnp.asarray(pool), key, config
+        )[1][0]
+    )
+    overlaps = [
+        len(set(chosen[0]) & set(chosen[1]))
+        for chosen in (np.asarray(select(k)) for k in jax.random.split(jax.random.key(3), 1000))
+    ]
+    np.testing.assert_allclose(np.mean(overlaps), 25 / pool[0].sum(), atol=0.08)
+
+
 def test_info_nce_equals_the_explicit_row_loop():
     rng = np.random.default_rng(4)
     sims = rng.uniform(-1, 1, size=(2, 30)).astype(np.float32)
@@ -194,3 +214,22 @@ def test_a_bank_smaller_than_the_sample_counts_is_refused_clearly():
     feats = jnp.ones((2, 8))
     with pytest.raises(ValueError, match="100 slots .* 512 negatives .* csre.num_negatives"):
         bank_loss(feats, jnp.array([0, 1]), jnp.array([0, 1]), bank, jax.random.key(0))
+
+
+def test_selections_compile_to_top_k_not_to_full_sorts():
+    """XLA:CPU has a fast top-k, but falls back to sorting whole (batch, slots) rows when
+    the selection's outputs are sliced; the loss must keep the fast form (issue 7)."""
+    rng = np.random.default_rng(0)
+    slot_labels = np.arange(2000) % 10
+    bank = create_bank(slot_labels, 16)
+    bank = write(bank, jnp.arange(2000), normalize(jnp.asarray(rng.normal(size=(2000, 16)))))
+    feats = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
+    labels = jnp.asarray(slot_labels[:8], jnp.int32)
+
+    def loss(f):
+        return bank_loss(
+            f, labels, jnp.arange(8), bank, jax.random.key(0), ContrastConfig(64, 256)
+        )[0]
+
+    hlo = jax.jit(jax.grad(loss)).lower(feats).compile().as_text()
+    assert " sort(" not in hlo

@@ -85,8 +85,10 @@ def _keep_slots_sharded(scores: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(scores, NamedSharding(mesh, spec))
 
 
-def _select(scores: jax.Array, mask: jax.Array, k: int) -> jax.Array:
-    """Slot indices of the k largest scores among the masked slots, per row.
+def _select(scores: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Slot indices of the k largest scores among the masked slots, per row, and whether
+    the row has k masked slots at all (the k-th value is then finite): the pool-size check
+    comes free with the selection, with no count over (rows, slots).
 
     On a mesh each device takes the top k of its own slots and the best k of those
     candidates win: exact, ties still go to the lower slot, and no device holds whole rows.
@@ -94,22 +96,49 @@ def _select(scores: jax.Array, mask: jax.Array, k: int) -> jax.Array:
     scores = jnp.where(mask, scores, -jnp.inf)
     shards = _slot_shards(scores)
     if shards == 1:
-        return jax.lax.top_k(scores, k)[1]
-    rows, slots = scores.shape
-    width = slots // shards
-    values, local = jax.lax.top_k(
-        _keep_slots_sharded(scores.reshape(rows, shards, width)), min(k, width)
-    )
-    candidates = (local + width * jnp.arange(shards)[:, None]).reshape(rows, -1)
-    best = jax.lax.top_k(values.reshape(rows, -1), k)[1]
-    return jnp.take_along_axis(candidates, best, axis=1)
+        slots = jax.lax.top_k(scores, k)[1]
+        # Read back by index, all k: slicing top_k's outputs (e.g. taking the k-th value)
+        # breaks the pattern XLA:CPU maps to its fast top-k and every row gets fully sorted.
+        chosen = jnp.take_along_axis(scores, slots, axis=1)
+    else:
+        rows, num_slots = scores.shape
+        width = num_slots // shards
+        values, local = jax.lax.top_k(
+            _keep_slots_sharded(scores.reshape(rows, shards, width)), min(k, width)
+        )
+        candidates = (local + width * jnp.arange(shards)[:, None]).reshape(rows, -1)
+        chosen, best = jax.lax.top_k(values.reshape(rows, -1), k)
+        slots = jnp.take_along_axis(candidates, best, axis=1)
+    return slots, jnp.all(chosen > -jnp.inf, axis=1)
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's finaliser: a bijection of uint32 that spreads every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
 
 def _random_keys(rng: jax.Array, shape) -> jax.Array:
-    # Top-k of i.i.d. uniform keys is a uniform draw without replacement. Drawn slot-major,
-    # a slot's keys do not depend on how many padding slots follow it (threefry counts
-    # elements in order), so runs whose banks are padded for other device counts agree.
-    return _keep_slots_sharded(jax.random.uniform(rng, shape[::-1]).T)
+    """(anchors, slots) keys whose top k per row is a uniform draw without replacement.
+
+    Threefry bits for all anchors x slots cost more than the rest of the loss on a CPU, so
+    only one word per slot and one per anchor are drawn and the pairs are mixed by a
+    bijection: for each anchor its slots' keys stay i.i.d. uniform (a bijection of i.i.d.
+    uniform words), which is all an exact draw needs, and the mixing decorrelates anchors.
+    A slot's word does not depend on how many padding slots follow it (threefry counts
+    elements in order), so runs whose banks are padded for other device counts agree.
+    """
+    slot_rng, anchor_rng = jax.random.split(rng)
+    slot_bits = jax.random.bits(slot_rng, shape[1:], jnp.uint32)
+    anchor_bits = jax.random.bits(anchor_rng, shape[:1], jnp.uint32)
+    keys = _mix32(anchor_bits[:, None] ^ _keep_slots_sharded(slot_bits[None, :]))
+    # 23 bits as the mantissa of a float in [1, 2), as jax.random.uniform does: XLA:CPU
+    # has a fast top-k for float32 only (integers fall back to a full sort).
+    mantissa = (keys >> 9) | jnp.uint32(0x3F800000)
+    return jax.lax.bitcast_convert_type(mantissa, jnp.float32)
 
 
 def select_slots(
@@ -119,29 +148,32 @@ def select_slots(
     rng: jax.Array,
     config: ContrastConfig,
     random_negative_slots: jax.Array | None = None,
-) -> tuple[list[jax.Array], list[jax.Array]]:
+) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
     """The positive and negative slot sets of every anchor, per the sampling modes.
 
     Hard positives are the least similar positives, hard negatives the most similar
     negatives; random sets are uniform draws without replacement from the same pools.
-    Returns (positive sets of (N, num_positives), negative sets of (N, num_negatives)).
+    Returns (positive sets of (N, num_positives), negative sets of (N, num_negatives),
+    (N,) whether the anchor's pools hold that many slots: the official skip rule).
     """
     num_pos, num_neg = config.num_positives, config.num_negatives
     pos_rng, neg_rng = jax.random.split(rng)
-    positive_sets, negative_sets = [], []
+    selections = {"positive": [], "negative": []}
     if "hard" in config.positive_sampling:
-        positive_sets.append(_select(-ranking, positives, num_pos))
+        selections["positive"].append(_select(-ranking, positives, num_pos))
     if "random" in config.positive_sampling:
-        positive_sets.append(_select(_random_keys(pos_rng, ranking.shape), positives, num_pos))
+        keys = _random_keys(pos_rng, ranking.shape)
+        selections["positive"].append(_select(keys, positives, num_pos))
     if "hard" in config.negative_sampling:
-        negative_sets.append(_select(ranking, negatives, num_neg))
+        selections["negative"].append(_select(ranking, negatives, num_neg))
     if "random" in config.negative_sampling:
-        if random_negative_slots is None:
-            keys = _random_keys(neg_rng, ranking.shape)
-            negative_sets.append(_select(keys, negatives, num_neg))
-        else:
-            negative_sets.append(jnp.maximum(random_negative_slots, 0))
-    return positive_sets, negative_sets
+        slots, enough = _select(_random_keys(neg_rng, ranking.shape), negatives, num_neg)
+        if random_negative_slots is not None:
+            slots = jnp.maximum(random_negative_slots, 0)
+        selections["negative"].append((slots, enough))
+    enough = jnp.all(jnp.stack([e for sets in selections.values() for _, e in sets]), axis=0)
+    positive_sets, negative_sets = ([s for s, _ in selections[k]] for k in selections)
+    return positive_sets, negative_sets, enough
 
 
 def info_nce(
@@ -207,10 +239,7 @@ def bank_loss(
     same_class = labels[:, None] == bank.labels[None, :]
     positives = same_class & bank.filled[None, :]
     negatives = ~same_class & bank.filled[None, :]
-    valid = (positives.sum(axis=1) >= config.num_positives) & (
-        negatives.sum(axis=1) >= config.num_negatives
-    )
-    positive_sets, negative_sets = select_slots(
+    positive_sets, negative_sets, valid = select_slots(
         jax.lax.stop_gradient(similarity),
         positives,
         negatives,
