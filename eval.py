@@ -120,6 +120,7 @@ def evaluate_and_report() -> None:
     if _BASELINE.value:
         baseline = _evaluate(_BASELINE.value, _BASELINE_VAL_RUNS.value, "baseline")
     if _REPORT.value:
+        print("writing the report (a t-SNE of up to 2,000 test samples takes a minute or so)")
         write_report(Path(_REPORT.value), evaluation, baseline, top=_TOP_CLASSES.value)
         print(f"report written to {Path(_REPORT.value) / 'report.md'} (and report.json, PNGs)")
 
