@@ -1,4 +1,4 @@
-"""Train-step time of the official PyTorch backbones, timed as benchmarks.step_time times ours.
+"""Train-step time of the official PyTorch backbones, timed as benchmarks.speed times ours.
 
 Run with a Python that has PyTorch (never the project's own environment), from the repository root:
 

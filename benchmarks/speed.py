@@ -1,0 +1,350 @@
+"""How fast csre-jax trains on this machine: every speed number of issue 7, in one run.
+
+  python -m benchmarks.speed                                   # about 25 min on 2 CPU cores
+  python -m benchmarks.speed --torch-json=torch_reference.json # with official PyTorch times
+  python -m benchmarks.speed --quick                           # a smoke run of every table
+
+The official PyTorch times come from benchmarks/torch_reference.py, run with a Python that has
+PyTorch (the project does not depend on it) on the same machine just before:
+  /path/to/torch/python -m benchmarks.torch_reference --official-root=DIR --json=FILE
+
+Tables (NTU shape: 3 x 64 frames x 25 joints x 2 persons, 120 classes, banks of 63,026 slots =
+NTU120 X-sub, pre-filled so every anchor is valid, float32):
+ 1. The CSRE part alone: both banks' write, similarities, selections, InfoNCE and its gradient,
+    jitted as in the train step (banks donated), at batch 64.
+ 2. Every backbone's train step without and with CSRE, side by side: both variants compiled in
+    one process and their steps interleaved (A B A B ...), so machine noise hits both alike.
+    CTR-GCN at batch 64 (the issue's NTU120 scale), the others at batch 16: at batch 64 the
+    larger ones need more than this machine's 24 GB. Also compile time and peak host memory.
+ 3. The backbone step at batch 16 against the official PyTorch step on the same machine.
+ 4. The training input pipeline (grain, NTU feeder with crop/resize and rotation, the threads a
+    run uses) in samples per second, next to what the CTR-GCN + CSRE step consumes.
+ 5. A cost model: step time against batch size and frames (CTR-GCN), the CSRE part against the
+    bank size, and what they predict for NTU120 on 8 GPUs.
+Each backbone runs in its own process, so peak memory is its own.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from benchmarks.bank_scaling import contrast_call, full_banks
+from configs import common
+from csre_jax import models
+from csre_jax.data.datasets import Dataset
+from csre_jax.data.pipeline import Split, train_dataset
+from csre_jax.data.transforms import ntu_row_to_sample, ntu_transform
+from csre_jax.training import loop, parallel
+
+NTU120_XSUB_SLOTS = 63026
+NTU120_XSUB_TEST = 50919
+
+
+def experiment(args, model: str, banks: str) -> loop.Experiment:
+    """A run of `model` at the official width on NTU-shaped inputs; only slot labels and input
+    shapes come from the dataset (batches are made by `random_batches`)."""
+    config = common.base_config()
+    config.model.name = model
+    config.model.kwargs = ConfigDict()
+    config.data.batch_size = args.batch
+    config.data.eval_batch_size = args.batch
+    config.csre.banks = banks
+    config.num_devices = 1
+    labels = np.arange(args.slots) % args.classes
+    x = np.zeros((1, 3, args.frames, 25, 2), np.float32)
+    backbone = models.create_model(model, num_classes=args.classes, dataset="ntu")
+    extra = models.extra_inputs(backbone)
+
+    def transform(sample, rng):
+        return {"x": sample} | {name: sample for name in extra}
+
+    split = Split(np.broadcast_to(x, (args.slots, *x.shape[1:])), labels, args.classes)
+    return loop.build(config, dataset=Dataset(split, split, "ntu", transform, transform))
+
+
+def filled_state(exp: loop.Experiment):
+    """Fresh parameters and banks full of unit rows, as after the first epoch of a real run."""
+    state = loop.init_state(exp)
+    banks = {
+        name: bank.replace(
+            features=jax.random.normal(jax.random.key(1), bank.features.shape)
+            / np.sqrt(bank.features.shape[1]),
+            filled=bank.labels >= 0,
+        )
+        for name, bank in state.banks.items()
+    }
+    state = state.replace(banks=banks)
+    return parallel.put(state, parallel.state_sharding(state, exp.mesh))
+
+
+def random_batches(exp: loop.Experiment, args):
+    rng = np.random.default_rng(0)
+    extra = models.extra_inputs(exp.backbone)
+    while True:
+        x = rng.normal(size=(args.batch, 3, args.frames, 25, 2)).astype(np.float32)
+        local = {
+            "x": x,
+            "label": rng.integers(0, args.classes, args.batch).astype(np.int32),
+            "index": rng.choice(args.slots, args.batch, replace=False).astype(np.int32),
+        }
+        yield parallel.global_batch(local | {name: x for name in extra}, exp.mesh)
+
+
+def side_by_side(args, model: str, variants: dict[str, str]) -> dict:
+    """Median step seconds and first-step (compile) seconds of each variant, steps interleaved."""
+    runs, result = {}, {"model": model, "batch": args.batch, "frames": args.frames}
+    for name, banks in variants.items():
+        exp = experiment(args, model, banks)
+        state = filled_state(exp)
+        train_step, _ = loop.compile_steps(exp, state)
+        batches = random_batches(exp, args)
+        cost = train_step.lower(state, next(batches)).cost_analysis()
+        result[f"{name}_gflop"] = cost["flops"] / 1e9 if cost and "flops" in cost else None
+        start = time.perf_counter()
+        state, metrics = train_step(state, next(batches))
+        jax.block_until_ready(metrics)
+        result[f"{name}_compile_s"] = time.perf_counter() - start
+        state, metrics = train_step(state, next(batches))  # untimed: warm caches
+        jax.block_until_ready(metrics)
+        runs[name] = [train_step, state, batches, []]
+    for _ in range(args.steps):
+        for run in runs.values():
+            train_step, state, batches, times = run
+            batch = next(batches)
+            start = time.perf_counter()
+            state, metrics = train_step(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+            run[1] = state
+    for name, (_, _, _, times) in runs.items():
+        result[f"{name}_s"] = float(np.median(times))
+        result[f"{name}_times_s"] = times
+    result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def csre_part(batch: int, slots: int, classes: int, calls: int) -> dict:
+    """Milliseconds per call of both banks' CSRE work (write, loss, gradient), banks donated."""
+    args = types.SimpleNamespace(classes=classes, dim=256, batch=batch)
+    mesh = parallel.make_mesh(1)
+    banks = full_banks("per-sample", slots, args, mesh)
+    call = jax.jit(contrast_call, donate_argnums=0)
+    rng = np.random.default_rng(0)
+
+    def inputs(step):
+        return (
+            jnp.asarray(rng.normal(size=(2, batch, 256)), jnp.float32),
+            jnp.asarray(rng.integers(0, classes, batch), jnp.int32),
+            jnp.asarray(rng.choice(slots, batch, replace=False), jnp.int32),
+            jax.random.key(step),
+        )
+
+    start = time.perf_counter()
+    compiled = call.lower(banks, *inputs(0)).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for step in range(calls + 1):  # the first call warms up
+        batch_inputs = inputs(step)
+        start = time.perf_counter()
+        loss, grad, banks = compiled(banks, *batch_inputs)
+        jax.block_until_ready((loss, grad, banks))
+        times.append(time.perf_counter() - start)
+    return {"ms": 1000 * float(np.median(times[1:])), "compile_s": compile_s}
+
+
+def pipeline_throughput(batch: int, seconds: float) -> float:
+    """Samples per second of the NTU training feeder on split-file-shaped rows (300 frames,
+    about 70% of them valid), with the grain threads a training run uses."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(512, 300, 150)).astype(np.float32)
+    rows[:, 210:] = 0  # zero padding after the sample's frames, as in the split files
+    split = Split(rows, np.arange(512, dtype=np.int32) % 120, 120)
+    sample_transform = ntu_transform(train=True, stream="joint", variant="ctrgcn")
+    iterator = iter(
+        train_dataset(
+            split,
+            global_batch_size=batch,
+            seed=0,
+            transform=lambda row, r: sample_transform(ntu_row_to_sample(row), r),
+        )
+    )
+    next(iterator)  # threads started, buffers filled
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        count += len(next(iterator)["label"])
+    return count / (time.perf_counter() - start)
+
+
+def parameter_count(model: str, num_classes: int) -> int:
+    backbone = models.create_model(model, num_classes=num_classes, dataset="ntu")
+    inputs = models.example_inputs(backbone, "ntu")
+    params = jax.eval_shape(backbone.init, jax.random.key(0), **inputs)["params"]
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def child(args, model: str, batch: int, frames: int, variants: str) -> dict:
+    """Runs side_by_side in a fresh process (its own peak memory), returns its numbers."""
+    flags = [f"--slots={args.slots}", f"--classes={args.classes}", f"--steps={args.steps}"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.speed",
+            f"--child={model}:{batch}:{frames}:{variants}",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise RuntimeError(f"{model} at batch {batch} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+VARIANTS = {"base": "none", "csre": "spatial+temporal"}
+
+
+def run_child_mode(args) -> None:
+    model, batch, frames, variants = args.child.split(":")
+    sub = types.SimpleNamespace(**vars(args), batch=int(batch), frames=int(frames))
+    chosen = {k: VARIANTS[k] for k in variants.split("+")}
+    print(json.dumps(side_by_side(sub, model, chosen)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(models.MODEL_NAMES))
+    parser.add_argument("--slots", type=int, default=NTU120_XSUB_SLOTS)
+    parser.add_argument("--classes", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    parser.add_argument("--torch-json", help="benchmarks.torch_reference --json output")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every table")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child_mode(args)
+        return
+    names = args.models.split(",")
+    big_batch, small_batch, frames = (4, 2, 16) if args.quick else (64, 16, 64)
+    if args.quick:
+        args.slots, args.steps = 4000, 1
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind} ({jax.device_count()} device), "
+        f"{args.classes} classes, {args.slots:,} bank slots, {frames} frames; "
+        f"medians of {args.steps} steps\n"
+    )
+
+    # 1. the CSRE part alone
+    part = csre_part(big_batch, args.slots, args.classes, calls=5)
+    print(f"1. CSRE part alone at batch {big_batch}: {part['ms']:.0f} ms per step (both banks; ")
+    print(f"   compile {part['compile_s']:.1f} s; target <= 200 ms)\n")
+
+    # 2. overhead side by side, and 3. against PyTorch
+    torch_ref = json.loads(Path(args.torch_json).read_text()) if args.torch_json else {}
+    print(
+        "2./3. | backbone | parameters (120 classes) | batch | without CSRE | with CSRE | CSRE "
+        "overhead | compile without / with | peak host memory | official PyTorch, batch "
+        f"{small_batch} | ours / official |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results = {}
+    for name in names:
+        batch = big_batch if name == "ctrgcn" else small_batch
+        r = results[name] = child(args, name, batch, frames, "base+csre")
+        if batch != small_batch:
+            r["small"] = child(args, name, small_batch, frames, "base")
+        base_small = r["small"]["base_s"] if "small" in r else r["base_s"]
+        official = torch_ref.get(name, {}).get("step_s")
+        ratio = f"{base_small / official:.2f}" if official else "not measured"
+        official_text = f"{official:.2f} s" if official else "not measured"
+        small_note = f" ({base_small:.2f} s at batch {small_batch})" if "small" in r else ""
+        print(
+            f"| {name} | {parameter_count(name, args.classes):,} | {batch} | "
+            f"{r['base_s']:.2f} s{small_note} | {r['csre_s']:.2f} s | "
+            f"{100 * (r['csre_s'] - r['base_s']) / r['base_s']:+.1f}% "
+            f"(CSRE part alone: {100 * part['ms'] / 1000 / r['base_s'] * batch / big_batch:.1f}%)"
+            f" | {r['base_compile_s']:.0f} s / {r['csre_compile_s']:.0f} s | "
+            f"{r['peak_gib']:.1f} GiB | {official_text} | {ratio} |",
+            flush=True,
+        )
+
+    # 4. input pipeline
+    feed = pipeline_throughput(small_batch, seconds=5 if args.quick else 20)
+    if "ctrgcn" in results:
+        consumed = big_batch / results["ctrgcn"]["csre_s"]
+        print(
+            f"\n4. Input pipeline: {feed:.0f} samples/s (NTU feeder, crop/resize + rotation, "
+            f"2 grain threads); CTR-GCN + CSRE consumes {consumed:.1f} samples/s: "
+            f"{feed / consumed:.0f}x headroom\n"
+        )
+
+    # 5. cost model
+    if "ctrgcn" in results:
+        cost_model(args, results["ctrgcn"], part, big_batch, small_batch, frames)
+
+
+def cost_model(args, ctrgcn: dict, part: dict, big_batch: int, small_batch: int, frames: int):
+    """Linear fits of the measurements, and what they predict for NTU120 on 8 GPUs."""
+    half_frames = child(args, "ctrgcn", small_batch, frames // 2, "base")
+    small = ctrgcn["small"]
+    per_sample = (ctrgcn["base_s"] - small["base_s"]) / (big_batch - small_batch)
+    fixed = small["base_s"] - per_sample * small_batch
+    memory_per_sample = (ctrgcn["peak_gib"] - small["peak_gib"]) / (big_batch - small_batch)
+    slot_points = [args.slots // 4, args.slots, args.slots * 4]
+    parts = [csre_part(big_batch, s, args.classes, calls=3)["ms"] for s in slot_points]
+    per_slot, constant = np.polyfit(slot_points, parts, 1)
+    print("5. Cost model (CTR-GCN, this CPU, float32):\n")
+    print("| quantity | fit | points |")
+    print("|---|---|---|")
+    print(
+        f"| step time vs batch ({frames} frames) | {fixed:.2f} s + {per_sample:.3f} s x batch "
+        f"| batch {small_batch}: {small['base_s']:.2f} s, {big_batch}: {ctrgcn['base_s']:.2f} s |"
+    )
+    print(
+        f"| step time vs frames (batch {small_batch}) "
+        f"| x{half_frames['base_s'] / small['base_s']:.2f} for half the frames "
+        f"| {frames // 2}: {half_frames['base_s']:.2f} s, "
+        f"{frames}: {small['base_s']:.2f} s |"
+    )
+    print(
+        f"| peak host memory vs batch | {memory_per_sample:.3f} GiB per sample "
+        f"| batch {small_batch}: {small['peak_gib']:.1f} GiB, {big_batch}: "
+        f"{ctrgcn['peak_gib']:.1f} GiB (both variants live) |"
+    )
+    points = ", ".join(f"{n:,}: {ms:.0f} ms" for n, ms in zip(slot_points, parts, strict=True))
+    print(
+        f"| CSRE part vs slots (batch {big_batch}) | {constant:.0f} ms + "
+        f"{1e3 * per_slot:.2f} ms per 1,000 slots | {points} |"
+    )
+    gflop = ctrgcn.get("base_gflop")
+    if gflop:
+        epoch_pflop = gflop * (NTU120_XSUB_SLOTS / big_batch) / 1e6
+        # The paper's Table 8: official CTR-GCN, 4 x RTX 3090, 19.9 min per NTU120 epoch.
+        paper_tflops = epoch_pflop * 1e3 / (19.9 * 60) / 4
+        print(
+            f"| train-step work (XLA cost analysis) | {gflop / big_batch:.1f} GFLOP per sample "
+            f"| {epoch_pflop:.1f} PFLOP per NTU120 X-sub epoch |"
+        )
+        print(
+            f"\n   8 GPUs on NTU120 X-sub (global batch {big_batch}, {big_batch // 8} per GPU; "
+            f"each bank 8 x {-(-args.slots // 8):,} rows): the backbone and the CSRE part "
+            "both split 8 ways, so the CSRE overhead stays the one-device fraction above plus the "
+            "per-step exchange of top-k candidates and gradients (kilobytes). At the "
+            f"efficiency the paper's official run reached ({paper_tflops:.1f} TFLOP/s per "
+            f"RTX 3090, from 19.9 min/epoch on 4), 8 such GPUs need "
+            f"{epoch_pflop * 1e3 / (8 * paper_tflops) / 60:.1f} min per epoch."
+        )
+
+
+if __name__ == "__main__":
+    main()
