@@ -261,9 +261,10 @@ def measure(args, name: str) -> dict:
         start = time.perf_counter()
         loss = step(x, label)
         times.append(time.perf_counter() - start)
-    if loss != loss:
-        raise RuntimeError(f"{name}: the loss is NaN")
+    if loss != loss:  # random inputs at the recipe's rate can diverge; the work is the same
+        print(f"  {name}: the loss became NaN (timings kept)", file=sys.stderr)
     return {
+        "finite_loss": loss == loss,
         "params": params,
         "params_all": params_all,
         "first_step_s": times[0],
