@@ -77,20 +77,14 @@ def check_same_samples(runs: Sequence[dict], what: str = "test set") -> None:
                 f"{pair}: scores of shape {run['logits'].shape} and {first['logits'].shape} "
                 f"(samples, classes); they are not the same {what}"
             )
-        if not np.array_equal(run["sample_ids"], first["sample_ids"]):
-            row = int(np.argmax(run["sample_ids"] != first["sample_ids"]))
-            raise ValueError(
-                f"{pair}: labels or sample order differ (row {row} holds sample "
-                f"{run['sample_ids'][row]} in one, {first['sample_ids'][row]} in the other); "
-                f"they are not the same {what} in the same order"
-            )
-        if not np.array_equal(run["labels"], first["labels"]):
-            row = int(np.argmax(run["labels"] != first["labels"]))
-            raise ValueError(
-                f"{pair}: labels or sample order differ (row {row} is labelled "
-                f"{run['labels'][row]} in one, {first['labels'][row]} in the other); "
-                f"they are not the same {what}"
-            )
+        for field, holds in (("sample_ids", "holds sample"), ("labels", "is labelled")):
+            if not np.array_equal(run[field], first[field]):
+                row = int(np.argmax(run[field] != first[field]))
+                raise ValueError(
+                    f"{pair}: labels or sample order differ (row {row} {holds} "
+                    f"{run[field][row]} in one, {first[field][row]} in the other); "
+                    f"they are not the same {what} in the same order"
+                )
 
 
 def ensemble(runs: Sequence[dict | Path], weights: Sequence[float]) -> dict:
