@@ -34,11 +34,10 @@ import types
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from benchmarks.bank_scaling import contrast_call, full_banks
+from benchmarks import bank_scaling
 from configs import common
 from csre_jax import models
 from csre_jax.data.datasets import Dataset
@@ -134,32 +133,10 @@ def side_by_side(args, model: str, variants: dict[str, str]) -> dict:
 
 
 def csre_part(batch: int, slots: int, classes: int, calls: int) -> dict:
-    """Milliseconds per call of both banks' CSRE work (write, loss, gradient), banks donated."""
-    args = types.SimpleNamespace(classes=classes, dim=256, batch=batch)
-    mesh = parallel.make_mesh(1)
-    banks = full_banks("per-sample", slots, args, mesh)
-    call = jax.jit(contrast_call, donate_argnums=0)
-    rng = np.random.default_rng(0)
-
-    def inputs(step):
-        return (
-            jnp.asarray(rng.normal(size=(2, batch, 256)), jnp.float32),
-            jnp.asarray(rng.integers(0, classes, batch), jnp.int32),
-            jnp.asarray(rng.choice(slots, batch, replace=False), jnp.int32),
-            jax.random.key(step),
-        )
-
-    start = time.perf_counter()
-    compiled = call.lower(banks, *inputs(0)).compile()
-    compile_s = time.perf_counter() - start
-    times = []
-    for step in range(calls + 1):  # the first call warms up
-        batch_inputs = inputs(step)
-        start = time.perf_counter()
-        loss, grad, banks = compiled(banks, *batch_inputs)
-        jax.block_until_ready((loss, grad, banks))
-        times.append(time.perf_counter() - start)
-    return {"ms": 1000 * float(np.median(times[1:])), "compile_s": compile_s}
+    """Milliseconds per call of both banks' CSRE work (write, loss, gradient), banks donated,
+    on one device: benchmarks.bank_scaling's measurement at this size."""
+    args = types.SimpleNamespace(classes=classes, dim=256, batch=batch, reps=calls)
+    return bank_scaling.measure("per-sample", slots, args, parallel.make_mesh(1))
 
 
 def pipeline_throughput(batch: int, seconds: float) -> float:

@@ -27,7 +27,6 @@ from ml_collections import config_flags
 
 from csre_jax.csre.bank import create_bank, write
 from csre_jax.csre.loss import ContrastConfig, bank_loss, normalize
-from csre_jax.data.pipeline import train_dataset
 from csre_jax.training import distributed, loop, parallel
 from csre_jax.training.checkpoint import Checkpointer
 
@@ -53,14 +52,7 @@ def train(config, devices: int, mode: str, workdir: Path) -> dict[str, np.ndarra
     exp = loop.build(config)
     state = loop.init_state(exp)
     train_step, _ = loop.compile_steps(exp, state)
-    batches = iter(
-        train_dataset(
-            exp.dataset.train,
-            global_batch_size=config.data.batch_size,
-            seed=config.seed,
-            transform=exp.dataset.train_transform,
-        )
-    )
+    batches = loop.train_batches(exp)
     checkpointer = Checkpointer(workdir / "run")
     if mode == "resume":
         state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)

@@ -53,7 +53,7 @@ def test_nw_ucla_holds_out_clips_before_repeating_the_training_list(shared_dir):
     config.data.root, config.data.val_fraction = str(root), 0.05
     dataset = load_dataset(config.data)
     kept = 1020 - len(dataset.val)
-    assert len(dataset.val) == len(dataset.val_ids) == 51
+    assert len(dataset.val) == len(dataset.val_ids) == 51 and dataset.full_train_size == 1020
     assert len(dataset.train) == 5 * kept  # the official five-fold repeat of the kept clips
     held = {id(dataset.val.x[i]) for i in range(len(dataset.val))}
     assert not held & {id(dataset.train.x[i]) for i in range(kept)}

@@ -25,7 +25,8 @@ NTU_SPLIT_FILES = {
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """val (with data.val_fraction > 0) is held out of the training data; val_ids are its
-    samples' positions in the full training list, the same for every stream."""
+    samples' positions in the full training list of full_train_size samples (NW-UCLA: clips
+    before the repeat), the same for every stream."""
 
     train: Split
     test: Split
@@ -34,6 +35,7 @@ class Dataset:
     test_transform: Transform | None = None
     val: Split | None = None
     val_ids: np.ndarray | None = None
+    full_train_size: int = 0
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one sample's model inputs: {'x': (C, T, V, M)} plus any extra ('joint')."""
@@ -82,7 +84,11 @@ def _with_validation(dataset: Dataset, full_train: Split, data: ConfigDict, repe
     if repeat is not None:
         train = repeat(train)
     return dataclasses.replace(
-        dataset, train=train, val=full_train.subset(held_out), val_ids=held_out
+        dataset,
+        train=train,
+        val=full_train.subset(held_out),
+        val_ids=held_out,
+        full_train_size=len(full_train),
     )
 
 

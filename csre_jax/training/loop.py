@@ -198,18 +198,30 @@ def _write_validation_split(exp: Experiment, workdir: Path) -> None:
         "benchmark": data.get("benchmark", ""),
         "fraction": data.val_fraction,
         "seed": data.val_seed,
-        "num_train_samples": len(exp.dataset.train) + len(exp.dataset.val),
+        "num_train_samples": exp.dataset.full_train_size,
         "indices": exp.dataset.val_ids.tolist(),
     }
     with atomic_write(workdir / "validation_split.json") as tmp:
         tmp.write_text(json.dumps(record) + "\n")
 
 
+def train_batches(exp: Experiment):
+    """The run's endless training iterator (its position is part of every checkpoint)."""
+    return iter(
+        train_dataset(
+            exp.dataset.train,
+            global_batch_size=exp.config.data.batch_size,
+            seed=exp.config.seed,
+            transform=exp.dataset.train_transform,
+        )
+    )
+
+
 def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     """Trains (resuming from workdir if it holds a checkpoint); returns the best eval metrics.
 
-    The best model's test scores are written to workdir/scores/test_scores.npz whenever
-    an evaluation improves on the best so far.
+    The best model's test scores (and validation scores, with a held-out split) are written
+    to workdir/scores/ whenever an evaluation improves on the best so far.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,14 +230,7 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     _write_validation_split(exp, workdir)
     state = init_state(exp)
     train_step, eval_step = compile_steps(exp, state)
-    batches = iter(
-        train_dataset(
-            exp.dataset.train,
-            global_batch_size=config.data.batch_size,
-            seed=config.seed,
-            transform=exp.dataset.train_transform,
-        )
-    )
+    batches = train_batches(exp)
     checkpointer = Checkpointer(workdir)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)
