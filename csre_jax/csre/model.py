@@ -7,12 +7,33 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+from flax import traverse_util
 
 from csre_jax.csre.heads import STFD, GlobalHead
 from csre_jax.models import torch_io
 
 # Which embedding each bank contrasts: the STFD branches, or the pooled global feature.
 BANK_NAMES = ("spatial", "temporal", "global")
+# The parameters (a path in params) that produce each bank's embedding.
+BANK_HEADS = {
+    "spatial": ("stfd", "spatial"),
+    "temporal": ("stfd", "temporal"),
+    "global": ("global_head",),
+}
+
+
+def parameters_in_loss(params: dict, bank_used: dict[str, jax.Array]) -> dict:
+    """Booleans shaped like `params`: whether each parameter took part in this step's loss.
+
+    A bank with no valid anchor contributes a constant 0, so its head gets no gradient at all
+    (PyTorch's None gradient); bank_used maps each bank to whether it had a valid anchor.
+    Everything else (the backbone) always takes part through the cross-entropy.
+    """
+    present = {}
+    for path in traverse_util.flatten_dict(params):
+        heads = [name for name, head in BANK_HEADS.items() if path[: len(head)] == head]
+        present[path] = bank_used[heads[0]] if heads and heads[0] in bank_used else True
+    return traverse_util.unflatten_dict(present)
 
 
 class ContrastiveClassifier(nn.Module):

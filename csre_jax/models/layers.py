@@ -39,15 +39,48 @@ def normal_around(mean: float, stddev: float) -> nn.initializers.Initializer:
     return init
 
 
-class BatchNorm(nn.BatchNorm):
-    """nn.BatchNorm with PyTorch's defaults: torch momentum 0.1 is Flax momentum 0.9.
+class BatchNorm(nn.Module):
+    """PyTorch's BatchNorm over the last axis, running statistics included.
 
-    In training Flax stores the biased batch variance where PyTorch stores the unbiased one;
-    normalisation itself is identical.
+    Training normalises with the batch mean and the biased batch variance, both computed in
+    float32 in two passes (the one-pass E[x^2] - E[x]^2 loses digits where a channel's mean
+    is large against its spread, as in the input BatchNorm); the running variance takes the
+    unbiased one, var * n / (n - 1), as PyTorch does, so trained statistics and exported
+    checkpoints carry PyTorch's numbers. momentum is PyTorch's (the new batch's weight).
+    Variables are Flax's: params scale/bias, batch_stats mean/var.
     """
 
-    momentum: float = 0.9
+    use_running_average: bool
+    momentum: float = 0.1
     epsilon: float = 1e-5
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes, dtype=jnp.float32)
+            var = jnp.mean(jnp.square(x.astype(jnp.float32) - mean), axes)
+            count = x.size // features
+            if count < 2:
+                raise ValueError(
+                    f"BatchNorm in training needs more than one value per channel, got input "
+                    f"{x.shape}: use a batch of at least 2"
+                )
+            if not self.is_initializing():
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                running_var.value = (1 - m) * running_var.value + m * var * (count / (count - 1))
+        y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(jnp.result_type(x.dtype, scale.dtype))
 
 
 def data_batch_norm(bn: BatchNorm, x: jax.Array) -> jax.Array:

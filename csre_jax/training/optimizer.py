@@ -8,6 +8,7 @@ and gradient-norm clipping.
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
@@ -59,6 +60,38 @@ def adam(schedule: optax.Schedule, *, weight_decay: float) -> optax.GradientTran
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(schedule))
 
 
+def skip_absent_gradients(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """`inner`, leaving alone the parameters that took no part in this step's loss.
+
+    PyTorch's optimizers skip a parameter whose gradient is None: no weight decay, no
+    momentum, its buffers unchanged. A CSRE head is such a parameter while its bank has no
+    valid anchor (the bank's loss is then a constant), where optax would still decay it and
+    move it by its momentum. update(..., present=tree of booleans shaped like the parameters)
+    gives absent leaves a zero update and their previous optimizer state; step counters and
+    other non-parameter state advance as usual.
+    """
+
+    def update(updates, state, params=None, *, present=None, **extra_args):
+        del extra_args
+        new_updates, new_state = inner.update(updates, state, params)
+        if present is None:
+            return new_updates, new_state
+        new_updates = jax.tree.map(
+            lambda u, keep: jnp.where(keep, u, jnp.zeros_like(u)), new_updates, present
+        )
+        keep_new = optax.tree_utils.tree_map_params(
+            inner, lambda _, keep: keep, new_state, present, transform_non_params=lambda _: True
+        )
+        new_state = jax.tree.map(
+            lambda keep, new, old: jnp.where(keep, new, old), keep_new, new_state, state
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
 def from_config(
     optim: ConfigDict, steps_per_epoch: int
 ) -> tuple[optax.Schedule, optax.GradientTransformation]:
@@ -90,4 +123,4 @@ def from_config(
         raise ValueError(f"optim.name={optim.name!r}: choose sgd or adam")
     if optim.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
-    return schedule, tx
+    return schedule, skip_absent_gradients(tx)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from csre_jax.csre.loss import ContrastConfig, bank_loss
+from csre_jax.csre.model import parameters_in_loss
 from csre_jax.models import extra_inputs
 from csre_jax.training.state import TrainState
 
@@ -78,6 +79,7 @@ def make_train_step(
                     state.banks[name],
                     jax.random.fold_in(bank_rng, i),
                     contrast,
+                    batch.get(f"random_negatives_{name}"),
                 )
                 bank_losses.append(loss)
                 metrics[f"loss_{name}"] = loss
@@ -91,7 +93,10 @@ def make_train_step(
             return total, (batch_stats, banks, metrics)
 
         grads, (batch_stats, banks, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        present = parameters_in_loss(
+            state.params, {name: metrics[f"valid_{name}"] > 0 for name in banks}
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, present=present)
         metrics["lr"] = schedule(state.step)
         new_state = state.replace(
             step=state.step + 1,
