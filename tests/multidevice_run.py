@@ -9,9 +9,10 @@ tests start this in fresh processes:
 Each run of --runs is `devices[:save|:resume]`: train --steps steps on that many devices
 (0: all, across processes), saving a checkpoint after --save_after steps, or resuming from
 it. The .npz holds per run r: r/metrics/<name> (per step), r/state/<leaf> and
-r/state_checksum/<leaf> at the end, the same as r/saved_state... after --save_after steps,
-r/bank_rows/<leaf> (all rows, then the rows of each local device), and the compiled step's
-HLO is written to <workdir>/train_step_<devices>.hlo. Only process 0 writes.
+r/state_checksum/<leaf> at the end, the same as r/saved_state... after --save_after steps
+and r/initial_state... before the first step (runs from scratch), r/bank_rows/<leaf> (all
+rows, then the rows of each local device), and the compiled step's HLO is written to
+<workdir>/train_step_<devices>.hlo. Only process 0 writes.
 """
 
 import copy
@@ -57,9 +58,10 @@ def train(config, devices: int, mode: str, workdir: Path) -> dict[str, np.ndarra
     if mode == "resume":
         state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)
     compiled, history, out = None, [], {}
+    snapshots = {0: "initial_state", _SAVE_AFTER.value: "saved_state"}
     for step in range(int(state.step), _STEPS.value):
-        if step == _SAVE_AFTER.value:
-            out |= _snapshot(state, "saved_state")
+        if step in snapshots:
+            out |= _snapshot(state, snapshots[step])
         batch = parallel.global_batch(next(batches), exp.mesh)
         if compiled is None:  # the executable that runs is the one whose HLO is checked
             compiled = train_step.lower(state, batch).compile()
@@ -79,11 +81,21 @@ def train(config, devices: int, mode: str, workdir: Path) -> dict[str, np.ndarra
     return out | _snapshot(state, "state")
 
 
+def _checksum(x: jax.Array) -> jax.Array:
+    """(sum x, sum x * w) in float32: signed, so a flipped sign shows, and weighted by position
+    (w: a fixed hash of the flat index, exact in float32, in [-0.5, 0.5)), so moved values
+    show."""
+    x = x.astype(jnp.float32)
+    index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+    w = (index * jnp.uint32(2654435761) >> 8).astype(jnp.float32) / 2**24 - 0.5
+    return jnp.stack([x.sum(), (x * w).sum()])
+
+
 def _snapshot(state, prefix: str) -> dict[str, np.ndarray]:
-    """Checksums of every leaf, and (on one process) the leaves themselves."""
+    """Checksums (_checksum) of every leaf, and (on one process) the leaves themselves."""
     leaves = jax.tree_util.tree_leaves_with_path(state)
     numeric = [(p, x) for p, x in leaves if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
-    sums = jax.jit(lambda xs: [jnp.abs(x.astype(jnp.float32)).sum() for x in xs])
+    sums = jax.jit(lambda xs: [_checksum(x) for x in xs])
     out = {
         f"{prefix}_checksum/{jax.tree_util.keystr(p)}": _host(total)
         for (p, _), total in zip(numeric, sums([x for _, x in numeric]), strict=True)

@@ -85,9 +85,9 @@ def test_two_processes_train_like_one_process_with_two_devices(runs):
         np.testing.assert_allclose(
             multi[f"0:save/metrics/{name}"], single[f"0:save/metrics/{name}"], rtol=1e-5
         )
-    checksums = [k for k in single if "state_checksum/" in k]  # after steps 2 and 3
+    checksums = [k for k in single if "state_checksum/" in k]  # at the start, steps 2 and 3
     assert any("banks" in k for k in checksums) and any("params" in k for k in checksums)
-    for key in checksums:
+    for key in checksums:  # sum x and sum x * w: signed, and by position
         np.testing.assert_allclose(multi[key], single[key], rtol=1e-6, err_msg=key)
     # each process holds its half of every bank: one device, half the rows
     for key in (k for k in multi if "/bank_rows/" in k):

@@ -49,44 +49,75 @@ def runs(tmp_path_factory):
 
 
 def _states(results: dict, run: str, prefix: str) -> dict[str, np.ndarray]:
+    """The leaves of one snapshot, banks on their real slots."""
     head = f"{run}/{prefix}/"
-    return {k[len(head) :]: v for k, v in results.items() if k.startswith(head)}
+    leaves = {k[len(head) :]: v for k, v in results.items() if k.startswith(head)}
+    return {key: _real_slots(key, x) for key, x in leaves.items()}
 
 
-def _relative_errors(a: dict, b: dict) -> dict[str, float]:
-    """|a - b| / |b| over each part of the state (params, batch_stats, opt_state, each bank
-    array), banks on their real slots: their padding depends on the device count and must
-    be empty."""
-    assert a.keys() == b.keys()
-    parts = {}
-    for key in a:
-        x, y = a[key].astype(np.float64), b[key].astype(np.float64)
-        if key.startswith(".banks"):
-            assert (x[SAMPLES:] <= 0).all() and (y[SAMPLES:] <= 0).all(), key
-            x, y = x[:SAMPLES], y[:SAMPLES]
-        part = key if key.startswith(".banks") else key.split("[")[0]
-        sums = parts.setdefault(part, [0.0, 0.0])
-        sums[0] += np.sum((x - y) ** 2)
-        sums[1] += np.sum(y**2)
-    return {part: float(np.sqrt(d / max(n, 1e-30))) for part, (d, n) in parts.items()}
+def _real_slots(key: str, x: np.ndarray) -> np.ndarray:
+    """A bank's real slots: its padding depends on the device count and must be empty."""
+    if not key.startswith(".banks"):
+        return x
+    assert (x[SAMPLES:] <= 0).all(), key
+    return x[:SAMPLES]
+
+
+# The change of each leaf from the initial state after SAVE_AFTER steps, 8 devices against 1:
+# |delta8 - delta1| <= rtol * max|delta1| + NOISE * (the largest change in the leaf's part,
+# e.g. all params). Measured: the CSRE heads (params['stfd'] and their momentum), the banks
+# and the BN statistics differ by <= 4e-4 of their change: RTOL = 1e-2. The backbone's
+# parameters and momentum differ by up to 0.20 of theirs (its BatchNorm scales and biases, PA,
+# conv3): CTR-GCN's graph BatchNorms (scale initialised to 1e-6) turn float32 rounding of the
+# batch statistics into ~1e-4 gradient differences; BACKBONE_RTOL = 0.5 still fails a sign
+# flip (2) or a gradient averaged over the wrong count (>= 0.875). Biases of convolutions that
+# feed a BatchNorm get no gradient in exact arithmetic and move by rounding alone, by <= 1.03e-6
+# of their part's largest change (a running mean that barely moves, by 7e-10): NOISE = 1e-5.
+RTOL, BACKBONE_RTOL, NOISE = 1e-2, 0.5, 1e-5
+
+
+def _changes_that_differ(initial: dict, one: dict, eight: dict) -> dict[str, float]:
+    """The leaves whose changes differ beyond the tolerances above, each with
+    |delta8 - delta1| / max|delta1|."""
+    deltas = {}
+    for key, x in initial.items():
+        x0 = x.astype(np.float64)
+        deltas[key] = (one[key].astype(np.float64) - x0, eight[key].astype(np.float64) - x0)
+    parts: dict[str, float] = {}
+    for key, (delta1, _) in deltas.items():
+        part = key.split("[")[0]
+        parts[part] = max(parts.get(part, 0.0), np.abs(delta1).max(initial=0))
+    differ = {}
+    for key, (delta1, delta8) in deltas.items():
+        rtol = BACKBONE_RTOL if re.match(r"\.(params|opt_state).*\['backbone'\]", key) else RTOL
+        change, error = np.abs(delta1).max(initial=0), np.abs(delta8 - delta1).max(initial=0)
+        if error > rtol * change + NOISE * parts[key.split("[")[0]]:
+            differ[key] = error / change if change else np.inf
+    return differ
 
 
 def test_eight_devices_train_like_one(runs):
     _, results = runs
     assert int(results["1/devices"]) == 1 and int(results["8:save/devices"]) == 8
-    for name in ("loss", "ce", "loss_spatial", "loss_temporal", "valid_spatial", "top1"):
+    # every metric of every step; after SAVE_AFTER the backbone differences above move the
+    # losses by up to 2% (measured: 1.8% at step 4)
+    for name in (k.removeprefix("1/metrics/") for k in results if k.startswith("1/metrics/")):
         one, eight = results[f"1/metrics/{name}"], results[f"8:save/metrics/{name}"]
-        np.testing.assert_allclose(one[:SAVE_AFTER], eight[:SAVE_AFTER], rtol=1e-4, err_msg=name)
+        assert len(one) == len(eight) == STEPS, name
+        np.testing.assert_allclose(eight[:SAVE_AFTER], one[:SAVE_AFTER], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(eight[SAVE_AFTER:], one[SAVE_AFTER:], rtol=5e-2, err_msg=name)
     assert results["8:save/metrics/valid_spatial"][SAVE_AFTER - 1] > 0  # the banks took part
-    # after two steps (the second with the contrastive loss): params, optimizer, BN, banks
-    # compared part by part: CTR-GCN's graph BatchNorms (scale initialised to 1e-6) turn
-    # float32 rounding of the batch statistics into ~1e-4 gradient differences per step, which
-    # the momentum accumulates; the contrastive loss alone agrees exactly (test below)
-    one, eight = (_states(results, r, "saved_state") for r in ("1", "8:save"))
-    assert np.asarray(eight[".banks['spatial'].filled"]).sum() == 2 * 8
-    errors = _relative_errors(one, eight)
-    assert errors.pop(".opt_state") < 5e-2, errors
-    assert max(errors.values()) < 1e-3, errors
+    # after two steps (the second with the contrastive loss): params, optimizer, BN, banks,
+    # leaf by leaf; the contrastive loss alone agrees exactly (test below)
+    initial, one, eight = (
+        _states(results, run, prefix)
+        for run, prefix in (("1", "initial_state"), ("1", "saved_state"), ("8:save", "saved_state"))
+    )
+    for key, value in _states(results, "8:save", "initial_state").items():
+        np.testing.assert_array_equal(value, initial[key], err_msg=key)  # the same start
+    assert eight[".banks['spatial'].filled"].sum() == 2 * 8
+    differ = _changes_that_differ(initial, one, eight)
+    assert not differ, differ
 
 
 def test_the_contrastive_loss_is_the_same_split_over_eight_devices(runs):
@@ -127,7 +158,9 @@ def test_a_checkpoint_of_eight_devices_resumes_on_two(runs):
     # restored exactly, banks re-padded from 104 to 100 rows
     saved, restored = (_states(results, r, "saved_state") for r in ("8:save", "2:resume"))
     assert restored[".banks['spatial'].features"].shape == (SAMPLES, 32)
-    assert max(_relative_errors(saved, restored).values()) == 0
+    assert saved.keys() == restored.keys()
+    for key, value in saved.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
     # and it continues like the uninterrupted 8-device run
     for name in ("loss", "ce", "loss_spatial", "loss_temporal"):
         straight = results[f"8:save/metrics/{name}"][SAVE_AFTER:]
