@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from csre_jax.data import ntu_prepare
-from csre_jax.data.ntu_raw import SkeletonFormatError, read_skeleton
+from csre_jax.data.ntu_raw import RawBody, RawSkeleton, SkeletonFormatError, read_skeleton
 
 FRAMES = {  # from data/ntu/PROVENANCE.md
     "S001C001P001R001A001": 103,
@@ -127,6 +127,77 @@ def test_planted_noise_is_reported(prepared):
     assert removed["888"]["rule"] == "spread" and removed["888"]["noisy_ratio"] == 1.0
     assert round(removed["888"]["motion"], 3) == 0.894
     assert repaired["S006C002P006R002A050"]["bodies_dropped_overlap"] == ["777"]
+
+
+def _body(widths, height=1.0, start=0) -> RawBody:
+    """A synthetic body, one frame per width: the 25 joints spread evenly over x in
+    [0, width] and y in [0, height], so the spread rule sees exactly these extents."""
+    steps = np.linspace(0.0, 1.0, 25)
+    x = np.asarray(widths, np.float64)[:, None] * steps
+    joints = np.stack([x, np.broadcast_to(height * steps, x.shape), np.zeros_like(x)], axis=-1)
+    return RawBody(start=start, joints=joints, colors=np.zeros(x.shape + (2,)))
+
+
+def _denoise(**bodies: RawBody) -> tuple[np.ndarray, dict]:
+    """Denoises one planted sample holding `bodies` (id -> body) in the given order."""
+    frames = max(body.start + body.num_frames for body in bodies.values())
+    return ntu_prepare.denoise(RawSkeleton("S001C001P001R001A001", frames, bodies=bodies))
+
+
+def _removed(report: dict) -> dict[str, str]:
+    return {body["body"]: body["rule"] for body in report["bodies_removed"]}
+
+
+@pytest.mark.parametrize(("frames", "kept"), [(11, False), (12, True)])
+def test_length_rule_deletes_bodies_of_at_most_11_frames(frames, kept):
+    """Official rule: a body of 11 frames or fewer is deleted, one of 12 is kept."""
+    _, report = _denoise(actor=_body([0.5] * 30), short=_body([0.3] * frames))
+    if kept:
+        assert _removed(report) == {} and report["actors"] == [["actor"], ["short"]]
+    else:
+        assert _removed(report) == {"short": "length"} and report["actors"] == [["actor"], []]
+        assert report["bodies_removed"][0]["frames"] == frames
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "kept"),
+    [(0.799, 1.0, True), (1.0, 1.25, True), (0.801, 1.0, False)],  # 1.0 = 0.8 * 1.25 exactly
+)
+def test_spread_rule_flags_frames_wider_than_0_8_of_their_height(width, height, kept):
+    """A frame is valid while its x extent is at most 0.8 times its y extent (equality
+    included); a body whose frames are all invalid is deleted."""
+    _, report = _denoise(actor=_body([0.5] * 20), wide=_body([width] * 20, height))
+    assert _removed(report) == ({} if kept else {"wide": "spread"})
+
+
+@pytest.mark.parametrize(("noisy", "frames", "kept"), [(113, 162, True), (143, 205, False)])
+def test_spread_rule_deletes_bodies_with_noisy_ratio_from_0_69754(noisy, frames, kept):
+    """113/162 = 0.697531 is just under the official 0.69754: the body is kept and its
+    motion drops to that of its valid frames (so it ranks below the other actor); 143/205 =
+    0.697561 is just over: the body is deleted."""
+    noisy_body = _body([2.0] * noisy + [0.3] * (frames - noisy))
+    _, report = _denoise(actor=_body([0.5] * frames), noisy=noisy_body)
+    if kept:
+        assert _removed(report) == {} and report["actors"] == [["actor"], ["noisy"]]
+    else:
+        assert report["bodies_removed"][0]["noisy_ratio"] == noisy / frames
+        assert _removed(report) == {"noisy": "spread"} and report["actors"] == [["actor"], []]
+
+
+def test_motion_bounds_are_not_applied():
+    """The official motion filter (keep 0.089925 <= motion <= 2.0) is commented out: bodies
+    outside the bounds stay and are only ranked by motion (here the variance of the joints'
+    spread, above 2.0 for bodies metres tall)."""
+    bodies = {
+        "top": _body([3.0] * 30, height=6.0),
+        "high": _body([1.0] * 30, height=5.0),
+        "low": _body([0.25] * 20, height=0.5, start=30),  # after "top": joins its columns
+    }
+    motion = {key: np.var(body.joints.reshape(-1, 3), axis=0).sum() for key, body in bodies.items()}
+    assert motion["top"] > motion["high"] > 2.0 and motion["low"] < 0.089925
+    joints, report = _denoise(**bodies)
+    assert _removed(report) == {} and report["actors"] == [["top", "low"], ["high"]]
+    assert joints.shape == (50, 150)
 
 
 COUNTS = {
