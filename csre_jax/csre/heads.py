@@ -1,30 +1,21 @@
-"""Training-only embedding heads on a backbone's last feature map (csre.md §2, §8.2).
+"""Training-only embedding heads on a backbone's last feature map: STFD, the spatiotemporal
+feature decomposition of the CSRE paper (the `std` module of the CSRE release's
+model/Hyperformer.py), and a global head for the paper's global-contrast comparison.
 
 Every head takes the map channels-last as (N, M, T', V, C), whatever the backbone, and
 returns one (N, dim) embedding per bank. Persons are averaged after the head, as the
 official code does (the head is affine, so this equals averaging first).
-"""
 
-import math
+The official init loop re-initialises Conv2d and Linear only: STFD's 1x1 Conv1d layers keep
+PyTorch's default Uniform(+-1/sqrt(fan_in)) for kernel and bias; its Linears get kaiming
+normal (fan_out) weights and zero bias.
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# The official init loop re-initialises Conv2d and Linear only: STFD's 1x1 Conv1d layers keep
-# PyTorch's default Uniform(+-1/sqrt(fan_in)) for kernel and bias; its Linears get kaiming
-# normal (fan_out) weights and zero bias.
-_conv1d_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-_linear_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _torch_default_bias_init(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from csre_jax.models.layers import kaiming_fan_out, pointwise
 
 
 class _DecomposedBranch(nn.Module):
@@ -38,15 +29,10 @@ class _DecomposedBranch(nn.Module):
     def __call__(self, feature_map: jax.Array) -> jax.Array:
         channels = feature_map.shape[-1]
         x = feature_map.mean(axis=self.pooled_axis)  # (N, M, L, C)
-        x = nn.Dense(
-            channels // self.reduction,
-            kernel_init=_conv1d_kernel_init,
-            bias_init=_torch_default_bias_init(channels),
-            name="reduce",
-        )(x)
+        x = pointwise(channels // self.reduction, "reduce", torch_default_fan_in=channels)(x)
         n, m, length, reduced = x.shape
         x = jnp.swapaxes(x, -1, -2).reshape(n, m, reduced * length)  # flat index c * L + l
-        x = nn.Dense(self.dim, kernel_init=_linear_kernel_init, name="project")(x)
+        x = nn.Dense(self.dim, kernel_init=kaiming_fan_out, name="project")(x)
         return x.mean(axis=1)
 
 
@@ -80,4 +66,4 @@ class GlobalHead(nn.Module):
     @nn.compact
     def __call__(self, feature_map: jax.Array) -> jax.Array:
         pooled = feature_map.mean(axis=(1, 2, 3))
-        return nn.Dense(self.dim, kernel_init=_linear_kernel_init, name="project")(pooled)
+        return nn.Dense(self.dim, kernel_init=kaiming_fan_out, name="project")(pooled)

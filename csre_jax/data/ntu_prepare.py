@@ -1,6 +1,7 @@
-"""NTU RGB+D 60/120 preparation: raw `.skeleton` files to the official split files (data.md §2-4).
+"""NTU RGB+D 60/120 preparation: raw `.skeleton` files to the official split files.
 
-Reproduces the official (SGN / CTR-GCN / CSRE) scripts: denoising and choice of at most two
+Reproduces the official (SGN / CTR-GCN / CSRE) scripts, CTR-GCN's data/ntu{,120}/
+get_raw_denoised_data.py and seq_transformation.py: denoising and choice of at most two
 actors, centring on actor 1's spine mid, padding to the longest sample, and the split order that
 fixes each sample's dataset index (hence its memory-bank slot). The CLI runs samples in parallel,
 caches each denoised sample so that an interrupted run resumes, and collects corrupt files into

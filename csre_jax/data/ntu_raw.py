@@ -1,4 +1,5 @@
-"""Reads one NTU RGB+D `.skeleton` text file into per-body arrays (raw extraction, data.md §1-2).
+"""Reads one NTU RGB+D `.skeleton` text file into per-body arrays (the raw extraction of the
+official get_raw_skes_data.py, CTR-GCN's data/ntu{,120}/).
 
 Values are kept in float64, exactly as written in the file; the preparation casts them to
 float32 the way the official scripts do. The official extraction assumes that each body occupies

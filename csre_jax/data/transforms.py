@@ -111,7 +111,8 @@ def crop_resize(
 
 
 def rotation_matrix(ax: float, ay: float, az: float) -> np.ndarray:
-    """R = Rz . Ry . Rx with the official sign convention (data.md §5 step 3)."""
+    """R = Rz . Ry . Rx with Rx = [[1, 0, 0], [0, cx, sx], [0, -sx, cx]] and Ry, Rz below: the
+    sign convention of `_rot` in the official CTR-GCN feeders/tools.py."""
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
     rx = np.array([[1, 0, 0], [0, cx, sx], [0, -sx, cx]])
     ry = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]])

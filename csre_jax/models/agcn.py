@@ -14,12 +14,7 @@ import jax.numpy as jnp
 
 from csre_jax.models import ctrgcn, graphs
 from csre_jax.models.ctrgcn import CTRGCN
-from csre_jax.models.layers import (
-    UnitTCN,
-    block_output,
-    graph_conv_output,
-    kaiming_fan_out,
-)
+from csre_jax.models.layers import UnitTCN, graph_conv_output, kaiming_fan_out
 
 NUM_SUBSETS = 3
 TEMPORAL_KERNEL = 9
@@ -32,19 +27,19 @@ class Conv1x1Weights(nn.Module):
     unit stacks their weights and runs one matmul for all of them.
     """
 
-    features: int
+    channels: int
     kernel_init: nn.initializers.Initializer = kaiming_fan_out
 
     @nn.compact
-    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    def __call__(self, in_channels: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", self.kernel_init, (in_channels, self.channels))
+        bias = self.param("bias", nn.initializers.zeros, (self.channels,))
         return kernel, bias
 
 
-def _stacked(convs: list[Conv1x1Weights], in_features: int) -> tuple[jax.Array, jax.Array]:
+def _stacked(convs: list[Conv1x1Weights], in_channels: int) -> tuple[jax.Array, jax.Array]:
     """Kernels concatenated along the output axis, biases likewise."""
-    kernels, biases = zip(*(conv(in_features) for conv in convs), strict=True)
+    kernels, biases = zip(*(conv(in_channels) for conv in convs), strict=True)
     return jnp.concatenate(kernels, axis=1), jnp.concatenate(biases)
 
 
@@ -56,13 +51,13 @@ class UnitGCN(nn.Module):
     CTR-GCN's convention).
     """
 
-    features: int
+    channels: int
     graph: str
 
     @nn.compact
     def __call__(self, x, train: bool):
         n, t, v, cin = x.shape
-        ic = self.features // 4
+        ic = self.channels // 4
         a_fixed = graphs.spatial_partition(self.graph)  # not a parameter in the official code
         pa = self.param("PA", nn.initializers.constant(1e-6), a_fixed.shape)
         embed = [
@@ -73,13 +68,13 @@ class UnitGCN(nn.Module):
         logits = jnp.einsum("btvsc,btwsc->bsvw", a, b) / (ic * t)
         adj = jax.nn.softmax(logits, axis=-2) + (a_fixed + pa)
         # conv_d[s] Normal(0, sqrt(2 / (Cout * Cin * 3))): conv_branch_init, fan over subsets
-        branch_init = nn.initializers.normal(math.sqrt(2.0 / (self.features * cin * NUM_SUBSETS)))
+        branch_init = nn.initializers.normal(math.sqrt(2.0 / (self.channels * cin * NUM_SUBSETS)))
         project = [
-            Conv1x1Weights(self.features, branch_init, name=f"conv_d_{s}")
+            Conv1x1Weights(self.channels, branch_init, name=f"conv_d_{s}")
             for s in range(NUM_SUBSETS)
         ]
         kernel, bias = _stacked(project, cin)  # (Cin, S*Cout)
-        kernel = kernel.reshape(cin, NUM_SUBSETS, self.features)
+        kernel = kernel.reshape(cin, NUM_SUBSETS, self.channels)
         # Aggregate before projecting, as the official code: it keeps conv_d's bias outside
         # the graph product (adj's columns do not sum to 1) and contracts over the narrower Cin.
         z = jnp.einsum("btvc,bsvw->btwsc", x, adj)
@@ -87,21 +82,17 @@ class UnitGCN(nn.Module):
         return graph_conv_output(y, x, train)
 
 
-class TCNGCN(nn.Module):
-    """One block: ReLU(unit_tcn9(GCN(x)) + residual(x)); the temporal unit carries the stride."""
+class TCNGCN(ctrgcn.TCNGCN):
+    """One block: ReLU(unit_tcn9(GCN(x)) + residual(x)); the temporal unit carries the stride.
 
-    features: int
-    graph: str
-    stride: int = 1
-    residual: bool = True
+    CTR-GCN's block with the adaptive graph unit and a kernel-9 temporal unit.
+    """
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        y = UnitGCN(self.features, self.graph, name="gcn1")(x, train)
-        y = UnitTCN(self.features, TEMPORAL_KERNEL, stride=self.stride, name="tcn1")(y, train)
-        if not self.residual:
-            return nn.relu(y)
-        return block_output(y, x, self.stride, train)
+    def gcn_unit(self) -> nn.Module:
+        return UnitGCN(self.channels, self.graph, name="gcn1")
+
+    def tcn_unit(self) -> nn.Module:
+        return UnitTCN(self.channels, TEMPORAL_KERNEL, stride=self.stride, name="tcn1")
 
 
 class AGCN(CTRGCN):

@@ -15,16 +15,14 @@ import jax.numpy as jnp
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
+    Backbone,
     BatchNorm,
     GroupedPointwise,
     block_output,
-    check_input,
-    classify,
     embed_joints,
     graph_conv_output,
     person_rows,
-    torch_default_bias,
-    torch_default_kernel,
+    pointwise,
 )
 
 NUM_SUBSETS = 3
@@ -110,16 +108,11 @@ class Topo(nn.Module):
 class TopoTrans(nn.Module):
     """ReLU(BN1d(Linear(a))) per feature row, added to the map before a block."""
 
-    features: int
+    channels: int
 
     @nn.compact
     def __call__(self, a_rows, train: bool):
-        h = nn.Dense(
-            self.features,
-            kernel_init=torch_default_kernel,
-            bias_init=torch_default_bias(a_rows.shape[-1]),
-            name="mlp",
-        )(a_rows)
+        h = pointwise(self.channels, "mlp", torch_default_fan_in=a_rows.shape[-1])(a_rows)
         return nn.relu(BatchNorm(use_running_average=not train, name="bn")(h))
 
 
@@ -143,7 +136,7 @@ class BlockGC(nn.Module):
     must divide the widths.
     """
 
-    features: int
+    channels: int
     graph: str
     num_heads: int = 8
 
@@ -161,32 +154,32 @@ class BlockGC(nn.Module):
         y = 0.0
         for s in range(NUM_SUBSETS):
             z = jnp.einsum("btvhc,hvw->btwhc", x_heads, weights[s]).reshape(b, t, v, cin)
-            y = y + GroupedPointwise(self.features, heads, name=f"fc2_{s}")(z)
+            y = y + GroupedPointwise(self.channels, heads, name=f"fc2_{s}")(z)
         return graph_conv_output(y, x, train, bn_scale=1.0)
 
 
 class TCNGCN(nn.Module):
     """One block: ReLU(MS-TCN(BlockGC(x)) + residual(x)); the MS-TCN carries the stride."""
 
-    features: int
+    channels: int
     graph: str
     num_heads: int
     stride: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = BlockGC(self.features, self.graph, self.num_heads, name="gcn1")(x, train)
-        y = MSTCN(self.features, stride=self.stride, name="tcn1")(y, train)
+        y = BlockGC(self.channels, self.graph, self.num_heads, name="gcn1")(x, train)
+        y = MSTCN(self.channels, stride=self.stride, name="tcn1")(y, train)
         return block_output(y, x, self.stride, train)
 
 
 def block_plan(base_channels: int) -> list[tuple[int, int]]:
-    """(features, stride) of blocks l1..l10; l8 strides too, but keeps the width."""
+    """(channels, stride) of blocks l1..l10; l8 strides too, but keeps the width."""
     c = base_channels
     return [(c, 1)] * 4 + [(2 * c, 2)] + [(2 * c, 1)] * 2 + [(2 * c, 2)] + [(2 * c, 1)] * 2
 
 
-class BlockGCN(nn.Module):
+class BlockGCN(Backbone, kw_only=True):
     """BlockGCN on x (N, C, T, V, M) and the absolute joints joint (N, 3, T, V, M).
 
     Returns logits (N, num_classes), optionally with features: the l10 map as
@@ -205,30 +198,24 @@ class BlockGCN(nn.Module):
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("joint",)
 
-    num_classes: int
     graph: str
-    num_person: int
-    in_channels: int = 3
     base_channels: int = 128
     num_heads: int = 8
-    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, joint, train: bool = False, return_features: bool = False):
-        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
+        self.check_input(x, graphs.num_joints(self.graph))
         n, c, t, v, m = x.shape
         if joint.shape != (n, 3, t, v, m):
             raise ValueError(f"BlockGCN expects joint {(n, 3, t, v, m)}, got {joint.shape}")
         a_rows = jnp.tile(Topo(name="topo")(joint), (m, 1))  # row r gets a[r mod N]
         x = embed_joints(self, person_rows(x), self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
-        for i, (features, stride) in enumerate(block_plan(self.base_channels)):
+        for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
             topo = TopoTrans(x.shape[-1], name=f"t{i}")(a_rows, train)
-            block = TCNGCN(features, self.graph, self.num_heads, stride, name=f"l{i + 1}")
+            block = TCNGCN(channels, self.graph, self.num_heads, stride, name=f"l{i + 1}")
             x = block(x + topo[:, None, None, :], train)
-        feats = x.reshape(n, m, *x.shape[1:])
-        logits = classify(feats, self.num_classes, self.dropout, train)
-        return (logits, feats) if return_features else logits
+        return self.outputs(x, train, return_features)
 
 
 def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> BlockGCN:
@@ -238,13 +225,6 @@ def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Bloc
     return BlockGCN(num_classes=num_classes, graph=GRAPHS[dataset], num_person=num_person, **kwargs)
 
 
-_LINEARS = ("to_joint_embedding", "mlp", "fc")
-
-
-def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
-    """Official state_dict key and layout kind of one Flax variable."""
-    if path[-1] == "kernel" and path[-2] in _LINEARS:
-        kind = "linear"
-    else:
-        kind = torch_io.default_kind(path, ndim)
-    return torch_io.default_torch_key(collection, path), kind
+# Official state_dict key and layout kind of each Flax variable: these modules are the
+# official model's Linears, every other 2-d kernel a 1x1 Conv2d.
+torch_key = torch_io.default_key_fn("to_joint_embedding", "mlp", "fc")

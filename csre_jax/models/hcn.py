@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from csre_jax.models import graphs, torch_io
-from csre_jax.models.layers import check_input
+from csre_jax.models.layers import Backbone, person_rows
 
 # Every Conv2d and Linear: Glorot-uniform over torch's fans (in/out x kernel area), bias 0.
 glorot = nn.initializers.xavier_uniform()
@@ -57,7 +57,7 @@ class Stage(nn.Module):
     On maps the dropout is Dropout2d (whole channels of a sample); on vectors, element-wise.
     """
 
-    features: int
+    channels: int
     kernel_size: tuple[int, int] | None = None
     relu: bool = False
     dropout: float = 0.0
@@ -66,11 +66,11 @@ class Stage(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.kernel_size is None:
-            x = nn.Dense(self.features, kernel_init=glorot, name="0")(x)
+            x = nn.Dense(self.channels, kernel_init=glorot, name="0")(x)
         else:
             pads = tuple((k // 2, k // 2) for k in self.kernel_size)
             layer = nn.Conv(
-                self.features, self.kernel_size, padding=pads, kernel_init=glorot, name="0"
+                self.channels, self.kernel_size, padding=pads, kernel_init=glorot, name="0"
             )
             x = layer(x)
         if self.relu:
@@ -80,7 +80,7 @@ class Stage(nn.Module):
         return max_pool_2x2(x) if self.pool else x
 
 
-class HCN(nn.Module):
+class HCN(Backbone, kw_only=True):
     """HCN on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
 
     conv2 outputs T channels (the official window_size), so T must equal the checkpoint's
@@ -98,21 +98,17 @@ class HCN(nn.Module):
     co-occurrence features averaged over time, the 'temporal' branch their time course.
     """
 
-    num_classes: int
-    num_person: int
     num_joints: int = 25
-    in_channels: int = 3
     out_channels: int = 64
     hidden: int = 512
     dropout: float = 0.5
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        check_input(self, x, self.num_joints, self.num_person)
+    def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
+        self.check_input(x, self.num_joints)
         n, c, t, v, m = x.shape
         if t < MIN_FRAMES:
             raise ValueError(f"HCN needs T >= {MIN_FRAMES} frames (four 2x2 pools), got {t}")
-        x = jnp.transpose(x, (0, 4, 2, 3, 1)).reshape(n * m, t, v, c)  # batch row n*M + m
+        x = person_rows(x).reshape(n * m, t, v, c)  # batch row n*M + m
         motion = jnp.einsum("st,btvc->bsvc", motion_resize_matrix(t), x[:, 1:] - x[:, :-1])
         width = self.out_channels
         conv3x3 = functools.partial(Stage, kernel_size=(3, 3), pool=True)
@@ -128,12 +124,13 @@ class HCN(nn.Module):
 
         h = jnp.concatenate([stream(x, ""), stream(motion, "m")], axis=-1)
         h = conv3x3(2 * width, relu=True, dropout=self.dropout, name="conv5")(h, train)
-        h = conv3x3(4 * width, relu=True, dropout=self.dropout, name="conv6")(h, train)
-        feats = h.reshape(n, m, *h.shape[1:])
-        merged = jnp.transpose(feats.max(axis=1), (0, 3, 1, 2)).reshape(n, -1)  # (C, H, W) order
+        return conv3x3(4 * width, relu=True, dropout=self.dropout, name="conv6")(h, train)
+
+    def head(self, feats: jax.Array, train: bool) -> jax.Array:
+        """Persons merged by an element-wise max, flattened in torch's (C, H, W) order, fc7, fc8."""
+        merged = jnp.transpose(feats.max(axis=1), (0, 3, 1, 2)).reshape(feats.shape[0], -1)
         h = Stage(self.hidden, relu=True, dropout=self.dropout, name="fc7")(merged, train)
-        logits = nn.Dense(self.num_classes, kernel_init=glorot, name="fc8")(h)
-        return (logits, feats) if return_features else logits
+        return nn.Dense(self.num_classes, kernel_init=glorot, name="fc8")(h)
 
 
 def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> HCN:
@@ -146,8 +143,5 @@ def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> HCN:
     )
 
 
-def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
-    """Official state_dict key and layout kind; fc7.0 and fc8 are the Linears."""
-    is_linear = path[0] in ("fc7", "fc8") and path[-1] == "kernel"
-    kind = "linear" if is_linear else torch_io.default_kind(path, ndim)
-    return torch_io.default_torch_key(collection, path), kind
+# Official state_dict key and layout kind of each Flax variable; fc7.0 and fc8 are the Linears.
+torch_key = torch_io.default_key_fn("fc7", "fc8")

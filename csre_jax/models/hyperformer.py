@@ -6,16 +6,16 @@ Module names mirror the official PyTorch attributes, so torch_key is the default
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
+    Backbone,
     GroupedPointwise,
     block_output,
-    check_input,
-    classify,
     normalized_person_rows,
     torch_default_bias,
     torch_default_kernel,
@@ -23,18 +23,20 @@ from csre_jax.models.layers import (
 
 DATASET_GRAPHS = {"ntu": "ntu_hyperformer", "ucla": "ucla"}
 # Joint groups (hyperedges) of the official configs. The NW-UCLA list is the joint/motion
-# one; the bone configs use another (recipes.md §2), passed as `joint_label`.
+# one; the bone configs use another (UCLA_BONE_JOINT_LABEL), passed as `joint_label`.
 DEFAULT_JOINT_LABELS = {
     "ntu_hyperformer": (0, 4, 2, 2, 2, 2, 1, 1, 2, 2, 1, 1, 2, 3, 3, 3, 2, 3, 3, 3, 1, 0, 1, 0, 1),
     "ucla": (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2),
 }
+# NW-UCLA groups of the bone and bone-motion configs (an inconsistency of the release, kept).
+UCLA_BONE_JOINT_LABEL = (0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 2, 2, 2, 0, 2, 2, 2)
 STRIDE_TWO_BLOCKS = (5, 8)
 
 
-def torch_conv1x1(features: int, name: str) -> nn.Dense:
+def torch_conv1x1(channels: int, name: str) -> nn.Dense:
     """A bias-free 1x1 Conv2d with PyTorch's default init (Hyperformer never re-initialises
     its convs), as a matmul over channels."""
-    return nn.Dense(features, use_bias=False, kernel_init=torch_default_kernel, name=name)
+    return nn.Dense(channels, use_bias=False, kernel_init=torch_default_kernel, name=name)
 
 
 def group_matrices(joint_label: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,27 +150,22 @@ class TCNViT(nn.Module):
         return block_output(y, x, self.stride, train)
 
 
-class Hyperformer(nn.Module):
+class Hyperformer(Backbone, kw_only=True):
     """Hyperformer on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
 
     features: l10's map as (N, M, T', V, D), channels-last, where CSRE's STFD head attaches.
     joint_label None means the graph's default groups (DEFAULT_JOINT_LABELS).
     """
 
-    num_classes: int
     graph: str
-    num_person: int
-    in_channels: int = 3
     num_heads: int = 9
     head_dim: int = 24
     proj_groups: int = 6
     joint_label: tuple[int, ...] | None = None
-    dropout: float = 0.0
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
+    def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
         num_joints = graphs.num_joints(self.graph)
-        check_input(self, x, num_joints, self.num_person)
+        self.check_input(x, num_joints)
         joint_label = self.joint_label
         if joint_label is None:
             if self.graph not in DEFAULT_JOINT_LABELS:
@@ -176,7 +173,6 @@ class Hyperformer(nn.Module):
             joint_label = DEFAULT_JOINT_LABELS[self.graph]
         if len(joint_label) != num_joints:
             raise ValueError(f"joint_label has {len(joint_label)} entries for {num_joints} joints")
-        n, m = x.shape[0], x.shape[-1]
         x = normalized_person_rows(x, train)
         for i in range(1, 11):
             x = TCNViT(
@@ -188,9 +184,7 @@ class Hyperformer(nn.Module):
                 stride=2 if i in STRIDE_TWO_BLOCKS else 1,
                 name=f"l{i}",
             )(x, train)
-        feats = x.reshape(n, m, *x.shape[1:])
-        logits = classify(feats, self.num_classes, self.dropout, train)
-        return (logits, feats) if return_features else logits
+        return x
 
 
 def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Hyperformer:
@@ -202,7 +196,5 @@ def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Hype
     )
 
 
-def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
-    """Official state_dict key and layout kind of one Flax variable; fc is the only Linear."""
-    kind = "linear" if path == ("fc", "kernel") else torch_io.default_kind(path, ndim)
-    return torch_io.default_torch_key(collection, path), kind
+# Official state_dict key and layout kind of each Flax variable; fc is the only Linear.
+torch_key = torch_io.default_key_fn("fc")

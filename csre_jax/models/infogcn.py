@@ -15,8 +15,8 @@ import numpy as np
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
+    Backbone,
     block_output,
-    check_input,
     embed_joints,
     graph_conv_output,
     person_rows,
@@ -26,8 +26,6 @@ from csre_jax.models.layers import (
 # InfoGCN's NTU tree is CTR-GCN's with this (spine middle -> spine shoulder) edge turned
 # round: the spine middle is its root and keeps its absolute position.
 _NTU_SPINE_EDGE = (1, 20)
-# Linears of the official model; every other 2-d kernel is a 1x1 Conv2d.
-_LINEARS = frozenset({"to_joint_embedding", "to_qk", "fc", "fc_mu", "fc_logvar", "decoder"})
 # Glorot uniform with gain sqrt(2) (calculate_gain('relu')), as for fc, fc_mu and fc_logvar.
 _xavier_relu = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 
@@ -81,7 +79,7 @@ class SAGC(nn.Module):
     """Self-attention graph conv: sum_h conv_d[h]((attn_h * topology_h) @ x), BN (scale init
     1e-6), plus a down-projection when the width changes, ReLU."""
 
-    features: int
+    channels: int
     num_heads: int
 
     @nn.compact
@@ -93,10 +91,10 @@ class SAGC(nn.Module):
         attn = SelfAttention(cin // 8, self.num_heads, name="attn")(x)
         z = jnp.einsum("bthuw,btwc->bthuc", attn * topology, x)
         # official conv_branch_init: Normal(0, sqrt(2 / (Cout * Cin * heads))), bias 0
-        conv_d_std = math.sqrt(2.0 / (self.features * cin * self.num_heads))
+        conv_d_std = math.sqrt(2.0 / (self.channels * cin * self.num_heads))
         conv_d_init = nn.initializers.normal(conv_d_std)
         y = sum(
-            nn.Dense(self.features, kernel_init=conv_d_init, name=f"conv_d_{h}")(z[:, :, h])
+            nn.Dense(self.channels, kernel_init=conv_d_init, name=f"conv_d_{h}")(z[:, :, h])
             for h in range(self.num_heads)
         )
         return graph_conv_output(y, x, train)
@@ -105,15 +103,15 @@ class SAGC(nn.Module):
 class EncodingBlock(nn.Module):
     """ReLU(MS-TCN(SA-GC(x)) + residual(x)); InfoGCN's MS-TCN ends with its own ReLU."""
 
-    features: int
+    channels: int
     num_heads: int
     stride: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = SAGC(self.features, self.num_heads, name="agcn")(x, train)
+        y = SAGC(self.channels, self.num_heads, name="agcn")(x, train)
         y = MSTCN(
-            self.features,
+            self.channels,
             stride=self.stride,
             final_relu=True,
             torch_default_init=True,
@@ -123,42 +121,35 @@ class EncodingBlock(nn.Module):
 
 
 def block_plan(base_channels: int) -> list[tuple[int, int]]:
-    """(features, stride) of blocks l1..l9."""
+    """(channels, stride) of blocks l1..l9."""
     c = base_channels
     return [(c, 1)] * 3 + [(2 * c, 2)] + [(2 * c, 1)] * 2 + [(4 * c, 2)] + [(4 * c, 1)] * 2
 
 
-class InfoGCN(nn.Module):
+class InfoGCN(Backbone, kw_only=True):
     """InfoGCN on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
 
     features: the l9 map as (N, M, T', V, C'), channels-last, for the CSRE head.
     k selects the k-th-mode input transform; noise_ratio scales the latent noise in training.
     """
 
-    num_classes: int
     graph: str
-    num_person: int
-    in_channels: int = 3
     base_channels: int = 64
     num_heads: int = 3
     k: int = 1
     noise_ratio: float = 0.5
-    dropout: float = 0.0
 
-    @nn.compact
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        check_input(self, x, graphs.num_joints(self.graph), self.num_person)
+    def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
+        self.check_input(x, graphs.num_joints(self.graph))
         n, _, t, v, m = x.shape
         x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.graph, self.k), person_rows(x))
         x = embed_joints(self, x, self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
-        for i, (features, stride) in enumerate(block_plan(self.base_channels)):
-            x = EncodingBlock(features, self.num_heads, stride, name=f"l{i + 1}")(x, train)
-        feats = x.reshape(n, m, *x.shape[1:])
-        logits = self._head(feats, train)
-        return (logits, feats) if return_features else logits
+        for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
+            x = EncodingBlock(channels, self.num_heads, stride, name=f"l{i + 1}")(x, train)
+        return x
 
-    def _head(self, feats, train: bool):
+    def head(self, feats: jax.Array, train: bool) -> jax.Array:
         """Pool over (T', V) then persons; ReLU(fc), dropout, z from fc_mu (and fc_logvar when
         training), decoder. Eval uses z = mu."""
         pooled = feats.mean(axis=(2, 3)).mean(axis=1)
@@ -189,10 +180,8 @@ def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Info
     return InfoGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
 
 
-def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
-    """Official state_dict key and layout kind of one Flax variable."""
-    if path[-1] == "kernel" and path[-2] in _LINEARS:
-        kind = "linear"
-    else:
-        kind = torch_io.default_kind(path, ndim)
-    return torch_io.default_torch_key(collection, path), kind
+# Official state_dict key and layout kind of each Flax variable: these modules are the
+# official model's Linears, every other 2-d kernel a 1x1 Conv2d.
+torch_key = torch_io.default_key_fn(
+    "to_joint_embedding", "to_qk", "fc", "fc_mu", "fc_logvar", "decoder"
+)

@@ -58,18 +58,18 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-        bias = self.param("bias", self.bias_init, (features,), jnp.float32)
+        channels = x.shape[-1]
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+        scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (channels,), jnp.float32)
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axes, dtype=jnp.float32)
             var = jnp.mean(jnp.square(x.astype(jnp.float32) - mean), axes)
-            count = x.size // features
+            count = x.size // channels
             if count < 2:
                 raise ValueError(
                     f"BatchNorm in training needs more than one value per channel, got input "
@@ -95,30 +95,15 @@ def data_batch_norm(bn: BatchNorm, x: jax.Array) -> jax.Array:
     return jnp.transpose(h.reshape(n, t, m, v, c), (0, 2, 1, 3, 4))
 
 
-def check_input(model: nn.Module, x: jax.Array, num_joints: int, num_person: int) -> None:
-    """Refuse an input whose (C, V, M) do not fit the model, naming what was expected."""
-    expected = (model.in_channels, num_joints, model.num_person)
-    if x.ndim != 5 or (x.shape[1], x.shape[3], x.shape[4]) != expected:
-        raise ValueError(
-            f"{type(model).__name__} expects x (N, C, T, V, M) with (C, V, M) = {expected}, "
-            f"got {x.shape}"
-        )
-
-
-def embed_joints(module: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
+def embed_joints(module: nn.Module, x: jax.Array, channels: int, train: bool) -> jax.Array:
     """Per-joint Linear embedding, learned joint positions, then the data BN (BlockGCN, InfoGCN).
 
     x is (N, M, T, V, C); the Linear, `pos_embedding` and `data_bn` are created in `module`'s
     scope under their official names.
     """
     fan_in = x.shape[-1]
-    h = nn.Dense(
-        features,
-        kernel_init=torch_default_kernel,
-        bias_init=torch_default_bias(fan_in),
-        name="to_joint_embedding",
-    )(x)
-    pos = module.param("pos_embedding", nn.initializers.normal(1.0), (1, x.shape[3], features))
+    h = pointwise(channels, "to_joint_embedding", torch_default_fan_in=fan_in)(x)
+    pos = module.param("pos_embedding", nn.initializers.normal(1.0), (1, x.shape[3], channels))
     h = h + pos[0]
     return data_batch_norm(BatchNorm(use_running_average=not train, name="data_bn"), h)
 
@@ -127,12 +112,12 @@ def graph_conv_output(y: jax.Array, x: jax.Array, train: bool, bn_scale: float =
     """The end of every GCN unit: ReLU(BN(y) + down(x)), down a 1x1 conv + BN where the width
     changes (identity otherwise). Official code initialises that BN's scale to 1e-6 (BlockGCN
     to 1), so a fresh unit starts close to its shortcut. Creates `bn`, `down_0`, `down_1`."""
-    features = y.shape[-1]
+    channels = y.shape[-1]
     y = BatchNorm(
         use_running_average=not train, scale_init=nn.initializers.constant(bn_scale), name="bn"
     )(y)
-    if x.shape[-1] != features:
-        x = pointwise(features, "down_0")(x)
+    if x.shape[-1] != channels:
+        x = pointwise(channels, "down_0")(x)
         x = BatchNorm(use_running_average=not train, name="down_1")(x)
     return nn.relu(y + x)
 
@@ -176,8 +161,52 @@ def classify(
     )(pooled)
 
 
+class Backbone(nn.Module, kw_only=True):
+    """What every backbone shares: its common fields, the input check, the head and the outputs.
+
+    A backbone maps x (N, C, T, V, M) to logits (N, num_classes); with return_features it
+    returns (logits, features), features its last spatio-temporal map (N, M, T', V', C'),
+    channels-last, where CSRE's heads attach. A subclass computes that map as rows n*M + m,
+    (N*M, T', V', C'), in `feature_rows`; `head` turns the map into logits, by default with
+    the GCN head `classify`. Fields are keyword-only (the registry passes keywords), so each
+    subclass adds its own after these.
+    """
+
+    num_classes: int
+    num_person: int
+    in_channels: int = 3
+    dropout: float = 0.0
+
+    def check_input(self, x: jax.Array, num_joints: int) -> None:
+        """Refuse an input whose (C, V, M) do not fit the model, naming what was expected."""
+        expected = (self.in_channels, num_joints, self.num_person)
+        if x.ndim != 5 or (x.shape[1], x.shape[3], x.shape[4]) != expected:
+            raise ValueError(
+                f"{type(self).__name__} expects x (N, C, T, V, M) with (C, V, M) = {expected}, "
+                f"got {x.shape}"
+            )
+
+    def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
+        """The last map of x as rows n*M + m, (N*M, T', V', C'); each backbone defines it."""
+        raise NotImplementedError
+
+    def head(self, feats: jax.Array, train: bool) -> jax.Array:
+        """Logits of the map (N, M, T', V', C'): `classify`, whose Linear is `fc`."""
+        return classify(feats, self.num_classes, self.dropout, train)
+
+    def outputs(self, rows: jax.Array, train: bool, return_features: bool):
+        """Logits of the rows (N*M, T', V', C'), with the map (N, M, ...) if return_features."""
+        feats = rows.reshape(-1, self.num_person, *rows.shape[1:])
+        logits = self.head(feats, train)
+        return (logits, feats) if return_features else logits
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+        return self.outputs(self.feature_rows(x, train), train, return_features)
+
+
 def temporal_conv(
-    features: int,
+    channels: int,
     kernel_size: int,
     *,
     stride: int = 1,
@@ -198,7 +227,7 @@ def temporal_conv(
             "bias_init": torch_default_bias(torch_default_fan_in),
         }
     return nn.Conv(
-        features,
+        channels,
         (kernel_size, 1),
         strides=(stride, 1),
         padding=((pad, pad), (0, 0)),
@@ -220,20 +249,21 @@ def temporal_max_pool3(x: jax.Array, stride: int) -> jax.Array:
     return y[:, ::stride]
 
 
-def pointwise(features: int, name: str, torch_default_fan_in: int | None = None) -> nn.Dense:
-    """A 1x1 Conv2d of the official code as a matmul over channels.
+def pointwise(channels: int, name: str, torch_default_fan_in: int | None = None) -> nn.Dense:
+    """A 1x1 convolution (or a per-position Linear) of the official code as a matmul over
+    channels, `channels` outputs.
 
     Initialised as the GCN repos re-initialise convs (kaiming fan_out, bias 0), or, given the
     layer's fan-in, with PyTorch's defaults where a repo keeps them.
     """
     if torch_default_fan_in:
         return nn.Dense(
-            features,
+            channels,
             kernel_init=torch_default_kernel,
             bias_init=torch_default_bias(torch_default_fan_in),
             name=name,
         )
-    return nn.Dense(features, kernel_init=kaiming_fan_out, name=name)
+    return nn.Dense(channels, kernel_init=kaiming_fan_out, name=name)
 
 
 class GroupedPointwise(nn.Module):
@@ -244,7 +274,7 @@ class GroupedPointwise(nn.Module):
     weight (Cout, Cin/groups, 1, 1) transposed, so checkpoints map like any 1x1 conv.
     """
 
-    features: int
+    channels: int
     groups: int
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = kaiming_fan_out
@@ -253,21 +283,21 @@ class GroupedPointwise(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cin, g = x.shape[-1], self.groups
-        if cin % g or self.features % g:
-            raise ValueError(f"{cin} -> {self.features} channels do not split into {g} groups")
-        kernel = self.param("kernel", self.kernel_init, (cin // g, self.features))
-        kernel = kernel.reshape(cin // g, g, self.features // g).astype(x.dtype)
+        if cin % g or self.channels % g:
+            raise ValueError(f"{cin} -> {self.channels} channels do not split into {g} groups")
+        kernel = self.param("kernel", self.kernel_init, (cin // g, self.channels))
+        kernel = kernel.reshape(cin // g, g, self.channels // g).astype(x.dtype)
         y = jnp.einsum("...gi,igo->...go", x.reshape(*x.shape[:-1], g, cin // g), kernel)
-        y = y.reshape(*x.shape[:-1], self.features)
+        y = y.reshape(*x.shape[:-1], self.channels)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
+            y = y + self.param("bias", self.bias_init, (self.channels,)).astype(x.dtype)
         return y
 
 
 class UnitTCN(nn.Module):
     """unit_tcn / TemporalConv: temporal conv then BatchNorm, no activation."""
 
-    features: int
+    channels: int
     kernel_size: int
     stride: int = 1
     dilation: int = 1
@@ -277,7 +307,7 @@ class UnitTCN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = temporal_conv(
-            self.features,
+            self.channels,
             self.kernel_size,
             stride=self.stride,
             dilation=self.dilation,
@@ -292,7 +322,7 @@ class UnitTCN(nn.Module):
 class MSTCN(nn.Module):
     """Multi-scale temporal conv (CTR-GCN, Hyperformer, BlockGCN, InfoGCN).
 
-    Branches, concatenated in this order along channels, each with an equal share of features:
+    Branches, concatenated in this order along channels, each with an equal share of them:
     one per dilation (1x1 + BN + ReLU, then a strided dilated temporal conv + BN), a max-pool
     branch (1x1 + BN + ReLU, max-pool (3, 1) with -inf padding, BN), and a strided 1x1 + BN.
     InfoGCN's copy ends with a ReLU (final_relu) and keeps PyTorch's default initialisation
@@ -300,7 +330,7 @@ class MSTCN(nn.Module):
     (kaiming convs, BN scales from Normal(1, 0.02)).
     """
 
-    features: int
+    channels: int
     kernel_size: int = 5
     stride: int = 1
     dilations: tuple[int, ...] = (1, 2)
@@ -310,9 +340,9 @@ class MSTCN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         num_branches = len(self.dilations) + 2
-        if self.features % num_branches:
-            raise ValueError(f"MSTCN features {self.features} not divisible by {num_branches}")
-        width = self.features // num_branches
+        if self.channels % num_branches:
+            raise ValueError(f"MSTCN channels {self.channels} not divisible by {num_branches}")
+        width = self.channels // num_branches
 
         default = self.torch_default_init
         bn_scale_init = nn.initializers.ones if default else normal_around(1.0, 0.02)

@@ -190,6 +190,23 @@ def default_kind(path: tuple[str, ...], ndim: int) -> str:
     raise ValueError(f"no default torch layout for the {ndim}-d kernel {'/'.join(path)}")
 
 
+def default_key_fn(*linears: str) -> KeyFn:
+    """The KeyFn of a backbone whose module names follow the torch attributes: default keys
+    and kinds, but 'linear' for the kernel of each module named in `linears` or of a layer
+    inside one (HCN's `fc7` is the Sequential whose layer fc7.0 is the Linear).
+
+    A 2-d kernel is otherwise a 1x1 Conv2d computed as Dense ('pointwise').
+    """
+    names = frozenset(linears)
+
+    def torch_key(collection: str, path: tuple[str, ...], ndim: int) -> tuple[str, str]:
+        is_linear = path[-1] == "kernel" and not names.isdisjoint(path[:-1])
+        kind = "linear" if is_linear else default_kind(path, ndim)
+        return default_torch_key(collection, path), kind
+
+    return torch_key
+
+
 def _torch_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return _KINDS[kind][1](np.broadcast_to(np.int8(0), shape)).shape
 
