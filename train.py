@@ -1,7 +1,7 @@
 """Trains a backbone with CSRE from a config file.
 
   python train.py --config=configs/synthetic.py --workdir=runs/synthetic
-  python train.py --config=configs/ctrgcn_ntu120.py:xset,bone --workdir=runs/ntu120_xset_bone \
+  python train.py --config=configs/ctrgcn.py:ntu120,xset,bone --workdir=runs/ntu120_xset_bone \
       --config.csre.temperature=0.5
 
 Re-running with the same --workdir resumes from its latest checkpoint, on any device count.

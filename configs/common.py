@@ -1,7 +1,9 @@
-"""Pieces shared by every experiment config: the defaults, the recipes, the arg parser.
+"""What every experiment config shares: the defaults, the arg parser, the dataset settings
+and the tiny scale.
 
-`experiment(model, dataset, arg)` is what each `configs/<model>_<dataset>.py` returns. Its arg
-picks the benchmark, the stream and the scale, e.g. 'xset,bone' or 'tiny': the tiny scale
+Each backbone has one config, `configs/<backbone>.py`, that writes its recipe line by line.
+Its arg picks the dataset, the benchmark, the stream and the scale, comma-separated in any
+order, e.g. 'ntu120,xset,bone' or 'ucla,tiny' (see `parse_experiment_arg`): the tiny scale
 keeps the model, the recipe's optimiser and the input layout of the dataset but shrinks the
 widths and trains on synthetic skeletons of that layout, so it runs anywhere in seconds.
 """
@@ -10,24 +12,11 @@ from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
+from csre_jax.data.transforms import NTU_TEST_P, NTU_TRAIN_P, NTU_WINDOW, STREAMS
+
+DATASETS = ("ntu60", "ntu120", "ucla")
 BENCHMARKS = {"ntu60": ("xsub", "xview"), "ntu120": ("xsub", "xset"), "ucla": ()}
 SCALES = ("full", "tiny")
-
-# Hyperformer's NW-UCLA joint groups: the joint and joint-motion configs use the first list,
-# the bone and bone-motion configs the second (an inconsistency of the release, kept).
-UCLA_JOINT_LABEL = (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2)
-UCLA_BONE_JOINT_LABEL = (0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 2, 2, 2, 0, 2, 2, 2)
-
-# Widths of the tiny scale: every block and head kept, channels cut.
-TINY_MODEL_KWARGS = {
-    "ctrgcn": {"base_channels": 8},
-    "agcn": {"base_channels": 8},
-    "hyperformer": {"num_heads": 3, "head_dim": 4},
-    "blockgcn": {"base_channels": 16},
-    "infogcn": {"base_channels": 16},
-    "hcn": {"out_channels": 8, "hidden": 32},
-}
 
 
 def parse_arg(arg: str | None, **choices: Sequence[str]) -> dict[str, str]:
@@ -41,6 +30,26 @@ def parse_arg(arg: str | None, **choices: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"unknown config argument {token!r} (valid: {valid})")
         picked[owners[0]] = token
     return picked
+
+
+def parse_experiment_arg(arg: str | None) -> dict[str, str]:
+    """'ntu120,xset,bone' -> dataset ntu120, benchmark xset, stream bone, scale full.
+
+    Defaults: ntu60, the dataset's first benchmark (xsub), joint, full. NW-UCLA has a single
+    split and takes no benchmark; a benchmark of another dataset (ntu60 with xset) is an error.
+    """
+    tokens = [t.strip() for t in (arg or "").split(",")]
+    dataset = ([t for t in tokens if t in DATASETS] or [DATASETS[0]])[-1]
+    benchmarks = BENCHMARKS[dataset]
+    for token in tokens:
+        if token not in benchmarks and any(token in b for b in BENCHMARKS.values()):
+            owner = next(d for d, b in BENCHMARKS.items() if token in b)
+            valid = ", ".join(benchmarks) or "none, it has one split"
+            raise ValueError(
+                f"unknown config argument {token!r} for {dataset} (its benchmarks: {valid}); "
+                f"{token} is a benchmark of {owner}: name the dataset, e.g. '{owner},{token}'"
+            )
+    return parse_arg(arg, dataset=DATASETS, benchmark=benchmarks, stream=STREAMS, scale=SCALES)
 
 
 def base_config() -> ConfigDict:
@@ -104,93 +113,35 @@ def base_config() -> ConfigDict:
     return config
 
 
-def _data(config: ConfigDict, dataset: str, picked: dict[str, str]) -> None:
-    """Where the dataset lives and the official feeder settings (data.md §5-6)."""
+def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
+    """Where the dataset lives and the official feeder settings (data.md §5-6); the batch
+    sizes and the feeder variant are part of each backbone's recipe."""
     data = config.data
-    data.name = dataset
+    data.name = picked["dataset"]
     data.stream = picked["stream"]
-    data.feeder_variant = "ctrgcn"  # or "csre": joint stream centred per frame (data.md §11)
-    if dataset == "ucla":
+    if data.name == "ucla":
         data.root = "data/NW-UCLA"  # holds all_sqe/ (README, 'Datasets')
-        data.batch_size = 16
-        data.eval_batch_size = 64
         return
     data.benchmark = picked["benchmark"]
-    data.root = f"data/{dataset}"  # holds the prepared split files (README, 'Datasets')
-    data.num_frames = 64
-    data.train_p_interval = (0.5, 1.0)
-    data.test_p_interval = (0.95,)
+    data.root = f"data/{data.name}"  # holds the prepared split files (README, 'Datasets')
+    data.num_frames = NTU_WINDOW
+    data.train_p_interval = NTU_TRAIN_P
+    data.test_p_interval = NTU_TEST_P
     data.random_rotation = True
 
 
-def _recipe(config: ConfigDict, model: str, dataset: str) -> None:
-    """Each backbone's own official recipe (recipes.md §2-5); CSRE is added on top."""
-    optim, data, ucla = config.optim, config.data, dataset == "ucla"
-    if model in ("ctrgcn", "agcn"):  # CTR-GCN's recipe; SkeletonGCL trains 2S-AGCN with it
-        optim.weight_decay = 1e-4 if ucla else 4e-4
-        optim.milestones = (50,) if ucla else (35, 55)
-    elif model in ("hyperformer", "blockgcn"):  # the CSRE release / BlockGCN's configs
-        config.seed = 2
-        config.num_epochs = 150 if ucla else 140
-        data.feeder_variant = "csre"  # BlockGCN uses Hyperformer's data pipeline
-        optim.base_lr = 0.025 if model == "hyperformer" else 0.05
-        optim.weight_decay = 0.0 if ucla else 4e-4
-        optim.milestones = (110, 120)
-    elif model == "infogcn":
-        config.num_epochs = 110
-        optim.weight_decay = 5e-4
-        optim.milestones = (90, 100)
-        config.loss.label_smoothing = 0.1
-    elif model == "hcn":  # HCN-pytorch's NTU params.json (HCN02: window 64)
-        config.seed = 0
-        config.num_epochs = 400
-        data.batch_size = 16 if ucla else 32
-        data.random_rotation = False
-        optim.name = "adam"
-        optim.base_lr = 1e-3
-        optim.weight_decay = 1e-4
-        optim.lr_decay = "exponential"
-        optim.decay = 0.99
-        optim.warmup_epochs = 0
-        optim.clip_norm = 0.5
-    else:
-        raise ValueError(f"no recipe for model {model!r}; known: {', '.join(TINY_MODEL_KWARGS)}")
-    config.model.name = model
-    config.model.kwargs = ConfigDict()
-    if model == "hyperformer" and ucla:
-        bone = data.stream.startswith("bone")
-        config.model.kwargs.joint_label = UCLA_BONE_JOINT_LABEL if bone else UCLA_JOINT_LABEL
-    if model == "blockgcn":
-        data.keep_joint = True
+def shrink_to_tiny(config: ConfigDict) -> None:
+    """Synthetic skeletons in the dataset's layout, a few short epochs, a small CSRE head.
 
-
-def _tiny(config: ConfigDict, dataset: str) -> None:
-    """Synthetic skeletons in the dataset's layout, small widths, a few short epochs."""
+    The recipe's optimiser and warm-up stay; the backbone's config then cuts its widths."""
     data = config.data
-    skeleton = "ucla" if dataset == "ucla" else "ntu"
+    skeleton = "ucla" if data.name == "ucla" else "ntu"
     for key in ("benchmark", "root", "train_p_interval", "test_p_interval", "random_rotation"):
         if key in data:
             del data[key]
     data.name, data.skeleton, data.seed = "synthetic", skeleton, 0
     data.num_classes, data.num_train, data.num_test, data.num_frames = 4, 64, 32, 16
     data.batch_size, data.eval_batch_size = 8, 16
-    config.model.kwargs.update(TINY_MODEL_KWARGS[config.model.name])
     config.csre.dim, config.csre.num_positives, config.csre.num_negatives = 32, 4, 8
     config.num_epochs, config.log_every_steps = 2, 4
     config.optim.milestones = ()  # the recipe's warm-up stays: its first epochs' rates
-    if config.model.name == "infogcn":
-        # InfoGCN's decoder init, Normal(0, sqrt(2 / classes)), gives logits of +-50 on 4
-        # classes and its latent noise swings with the untrained log-variance: at the
-        # recipe's rate the first steps overshoot. A tenth of it trains smoothly.
-        config.optim.base_lr /= 10
-
-
-def experiment(model: str, dataset: str, arg: str | None) -> ConfigDict:
-    """`model` + CSRE on `dataset` (ntu60, ntu120 or ucla) with the backbone's own recipe."""
-    picked = parse_arg(arg, benchmark=BENCHMARKS[dataset], stream=STREAMS, scale=SCALES)
-    config = base_config()
-    _data(config, dataset, picked)
-    _recipe(config, model, dataset)
-    if picked["scale"] == "tiny":
-        _tiny(config, dataset)
-    return config

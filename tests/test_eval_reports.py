@@ -9,10 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
-from configs import synthetic
-from configs.common import TINY_MODEL_KWARGS
+from configs import hcn, synthetic
 from csre_jax.evaluate.ensembles import evaluate_runs
 from csre_jax.evaluate.reports import (
     compare,
@@ -24,7 +22,7 @@ from csre_jax.evaluate.reports import (
     write_report,
 )
 from csre_jax.evaluate.runs import load_runs
-from csre_jax.evaluate.scores import save_scores
+from csre_jax.evaluate.scores import ScoreFile, save_scores
 from csre_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,14 +90,14 @@ def _constructed_runs(rng, strength):
         features = rng.normal(size=(60, 8)) + np.eye(10, 8)[labels]
         metadata = {"dataset": "synthetic", "stream": stream, "model": "ctrgcn"}
         runs.append(
-            {
-                "logits": logits,
-                "labels": labels,
-                "sample_ids": np.arange(60),
-                "path": f"{stream}.npz",
-                "metadata": metadata,
-                "features": features,
-            }
+            ScoreFile(
+                logits=logits,
+                labels=labels,
+                sample_ids=np.arange(60),
+                path=f"{stream}.npz",
+                metadata=metadata,
+                features=features,
+            )
         )
     return runs
 
@@ -130,7 +128,7 @@ def _train(workdir: Path, stream: str) -> None:
     config.data.update(num_train=106, num_test=48, num_frames=16, batch_size=16)
     config.data.eval_batch_size = 32
     config.model.name = "hcn"
-    config.model.kwargs = ConfigDict(TINY_MODEL_KWARGS["hcn"])
+    config.model.kwargs = hcn.get_config("tiny").model.kwargs
     config.csre.num_positives, config.csre.num_negatives = 4, 16
     config.optim.warmup_epochs, config.optim.milestones = 1, (2,)
     loop.train_and_evaluate(config, workdir)
@@ -163,7 +161,7 @@ def test_report_of_a_trained_two_stream_synthetic_run(tmp_path):
     # the same runs against scores of a shorter test set: refused, both files named
     tests, _ = load_runs([joint])
     short = tmp_path / "short.npz"
-    save_scores(short, tests[0]["logits"][:40], tests[0]["labels"][:40], {"stream": "bone"})
+    save_scores(short, tests[0].logits[:40], tests[0].labels[:40], {"stream": "bone"})
     result = _eval_cli(f"--runs={joint},{short}")
     assert result.returncode == 1
     assert f"{short} and {joint}/scores/test_scores.npz" in result.stderr

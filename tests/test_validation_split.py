@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import ctrgcn_ucla, synthetic
+from configs import ctrgcn, synthetic
 from csre_jax.data.datasets import hold_out, load_dataset
 
 
@@ -49,7 +49,7 @@ def test_nw_ucla_holds_out_clips_before_repeating_the_training_list(shared_dir):
     root = shared_dir / "data" / "NW-UCLA"
     if not (root / "all_sqe").is_dir():
         pytest.skip(f"NW-UCLA clips not found at {root}")
-    config = ctrgcn_ucla.get_config("joint")
+    config = ctrgcn.get_config("ucla,joint")
     config.data.root, config.data.val_fraction = str(root), 0.05
     dataset = load_dataset(config.data)
     kept = 1020 - len(dataset.val)

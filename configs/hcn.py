@@ -1,0 +1,43 @@
+"""HCN + CSRE with HCN-pytorch's recipe (huguyuehuhu/HCN-pytorch, NTU params.json of HCN02:
+window 64), CSRE added on top; see csre_jax/models/hcn.py for where the CSRE head attaches.
+
+Arg, comma-separated in any order, each optional (default first): the dataset
+ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
+joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
+synthetic skeletons of the dataset's layout):
+  python train.py --config=configs/hcn.py:ntu60,xsub,joint --workdir=runs/hcn_ntu60
+"""
+
+from ml_collections import ConfigDict
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    picked = common.parse_experiment_arg(arg)
+    ucla = picked["dataset"] == "ucla"
+    config = common.base_config()
+    common.set_data(config, picked)
+
+    config.model.name = "hcn"
+    config.model.kwargs = ConfigDict()  # the official widths
+
+    config.seed = 0
+    config.num_epochs = 400
+    config.data.feeder_variant = "ctrgcn"  # CTR-GCN's data pipeline ...
+    config.data.random_rotation = False  # ... without its random rotation
+    config.data.batch_size = 16 if ucla else 32
+    config.data.eval_batch_size = 64 if ucla else 256
+    config.loss.label_smoothing = 0.0
+    config.optim.name = "adam"
+    config.optim.base_lr = 1e-3
+    config.optim.weight_decay = 1e-4
+    config.optim.lr_decay = "exponential"
+    config.optim.decay = 0.99  # x0.99 per epoch
+    config.optim.warmup_epochs = 0
+    config.optim.clip_norm = 0.5
+
+    if picked["scale"] == "tiny":
+        common.shrink_to_tiny(config)
+        config.model.kwargs.update(out_channels=8, hidden=32)
+    return config
