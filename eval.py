@@ -17,6 +17,7 @@ report.json, report.md and PNG figures (per-class accuracy, difficulty levels, c
 matrix, t-SNE, and with --baseline the classes that gained or lost most).
 """
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,12 +27,20 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from csre_jax.cli import parse_flags, start
+from csre_jax.data.datasets import load_dataset
 from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
-from csre_jax.evaluate.ensembles import Evaluation, evaluate_runs
+from csre_jax.evaluate.ensembles import RunsEvaluation, evaluate_runs
 from csre_jax.evaluate.reports import results_table, write_report
 from csre_jax.evaluate.runs import load_runs
+from csre_jax.evaluate.scoring import (
+    compile_eval_step,
+    score_dataset,
+    score_metadata,
+    write_score_files,
+)
 from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
+from csre_jax.workdir import RunFolder, val_scores_path
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config of the run (default: the run's own config.json)."
@@ -66,34 +75,46 @@ _EXPORT_PICKLE = flags.DEFINE_string(
 )
 
 
-def _run_config(workdir: Path) -> ConfigDict:
+def _run_config(run: RunFolder) -> ConfigDict:
     if _CONFIG.value is not None:
         return _CONFIG.value
-    path = workdir / "config.json"
+    path = run.config
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; pass --config=<the run's config file>")
     return ConfigDict(json.loads(path.read_text()))
 
 
 def score_run(workdir: Path) -> None:
-    config = _run_config(workdir)
-    exp = loop.build(config)
-    state = loop.init_state(exp)
-    _, eval_step = loop.compile_steps(exp, state)
-    folder = workdir / ("best" if _CHECKPOINT.value == "best" else "checkpoints")
-    variables, step = restore_variables(folder, state.backbone_variables())
-    output = Path(_OUTPUT.value or workdir / "scores" / f"test_scores_{_CHECKPOINT.value}.npz")
-    test = loop.evaluate(exp, eval_step, variables, show_progress=jax.process_index() == 0)
-    loop.save_score_files(exp, eval_step, variables, test, output, f"{folder} step {step}")
+    """Rescores a run's best or latest checkpoint: the backbone alone, no banks or optimizer."""
+    run = RunFolder(workdir)
+    config = _run_config(run)
+    dataset = load_dataset(config.data)
+    backbone = loop.build_backbone(config, dataset)
+    mesh = loop.make_mesh(config)
+    eval_step = compile_eval_step(backbone, mesh, config.get("compute_dtype", "float32"))
+    folder = run.checkpoint_folder(_CHECKPOINT.value)
+    variables, step = restore_variables(folder, loop.backbone_shapes(backbone, dataset))
+    output = Path(_OUTPUT.value or run.rescored_test_scores(_CHECKPOINT.value))
+    score = functools.partial(
+        score_dataset,
+        eval_step,
+        variables,
+        dataset,
+        batch_size=config.data.eval_batch_size,
+        mesh=mesh,
+    )
+    test = score("test", show_progress=jax.process_index() == 0)
+    val = score("val") if dataset.val is not None else None
+    write_score_files(output, score_metadata(config, f"{folder} step {step}"), dataset, test, val)
     if jax.process_index() == 0:
-        also = f" and {loop.val_scores_path(output)}" if exp.dataset.val is not None else ""
+        also = f" and {val_scores_path(output)}" if val is not None else ""
         print(
             f"{folder} (step {step}): top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}% "
-            f"on {len(exp.dataset.test)} test samples; scores written to {output}{also}"
+            f"on {len(dataset.test)} test samples; scores written to {output}{also}"
         )
 
 
-def _evaluate(specs: list[str], val_specs: list[str] | None, title: str) -> Evaluation:
+def _evaluate(specs: list[str], val_specs: list[str] | None, title: str) -> RunsEvaluation:
     tests, vals = load_runs(
         specs, val_specs=val_specs, labels=_LABELS.value, streams=_STREAMS.value
     )
@@ -114,7 +135,7 @@ def evaluate_and_report() -> None:
             raise ValueError(f"--export_pickle takes one run, got {len(_RUNS.value)} in --runs")
         (test,), _ = load_runs(_RUNS.value, labels=_LABELS.value, streams=_STREAMS.value)
         save_pickle_scores(Path(_EXPORT_PICKLE.value), test)
-        print(f"{test['path']}: test scores written to {_EXPORT_PICKLE.value} (CTR-GCN pickle)")
+        print(f"{test.path}: test scores written to {_EXPORT_PICKLE.value} (CTR-GCN pickle)")
     evaluation = _evaluate(_RUNS.value, _VAL_RUNS.value, "runs")
     baseline = None
     if _BASELINE.value:

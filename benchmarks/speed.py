@@ -39,11 +39,12 @@ from ml_collections import ConfigDict
 
 from benchmarks import bank_scaling
 from configs import common
-from csre_jax import models
+from csre_jax import models, sharding
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split, train_dataset
 from csre_jax.data.transforms import ntu_row_to_sample, ntu_transform
-from csre_jax.training import loop, parallel
+from csre_jax.training import loop
+from csre_jax.training.state import state_sharding
 
 NTU120_XSUB_SLOTS = 63026
 NTU120_XSUB_TEST = 50919
@@ -83,7 +84,7 @@ def filled_state(exp: loop.Experiment):
         for name, bank in state.banks.items()
     }
     state = state.replace(banks=banks)
-    return parallel.put(state, parallel.state_sharding(state, exp.mesh))
+    return sharding.put(state, state_sharding(state, exp.mesh))
 
 
 def random_batches(exp: loop.Experiment, args):
@@ -96,7 +97,7 @@ def random_batches(exp: loop.Experiment, args):
             "label": rng.integers(0, args.classes, args.batch).astype(np.int32),
             "index": rng.choice(args.slots, args.batch, replace=False).astype(np.int32),
         }
-        yield parallel.global_batch(local | {name: x for name in extra}, exp.mesh)
+        yield sharding.global_batch(local | {name: x for name in extra}, exp.mesh)
 
 
 def side_by_side(args, model: str, variants: dict[str, str]) -> dict:
@@ -136,7 +137,7 @@ def csre_part(batch: int, slots: int, classes: int, calls: int) -> dict:
     """Milliseconds per call of both banks' CSRE work (write, loss, gradient), banks donated,
     on one device: benchmarks.bank_scaling's measurement at this size."""
     args = types.SimpleNamespace(classes=classes, dim=256, batch=batch, reps=calls)
-    return bank_scaling.measure("per-sample", slots, args, parallel.make_mesh(1))
+    return bank_scaling.measure("per-sample", slots, args, sharding.make_mesh(1))
 
 
 def pipeline_throughput(batch: int, seconds: float) -> float:

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
-from csre_jax.training import distributed
+from csre_jax import sharding
 
 
 def load_config_file(spec: str) -> ConfigDict:
@@ -62,6 +62,6 @@ def start(argv: list[str]) -> None:
     INFO) unless --verbosity was given."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.initialize()
+    sharding.initialize_distributed()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

@@ -36,12 +36,13 @@ import optax
 from flax import traverse_util
 from ml_collections import ConfigDict
 
+from csre_jax import sharding
 from csre_jax.csre.model import torch_key_fn
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split
 from csre_jax.models import hyperformer, torch_io
-from csre_jax.training import loop, parallel
-from csre_jax.training.state import TrainState, backbone_variables
+from csre_jax.training import loop
+from csre_jax.training.state import TrainState, backbone_variables, state_sharding
 
 BANKS = ("spatial", "temporal")
 SCALARS = (
@@ -231,6 +232,16 @@ class _Replayer:
         }
         return variables["params"], variables["batch_stats"], trace["params"], banks
 
+    @functools.cache  # noqa: B019
+    def recorded_momentum(self, k: int) -> frozenset[str]:
+        """Our names of the parameters that have an official momentum buffer in state k."""
+        buffers = self.recording.state_dict(k, "momentum")
+        return frozenset(
+            "/".join(path)
+            for path, leaf in traverse_util.flatten_dict(self.template.params).items()
+            if self.key_fn("params", path, np.ndim(leaf))[0] in buffers
+        )
+
     def state(self, k: int, params: dict | None = None) -> TrainState:
         """Official state k on the mesh, optionally with other parameters."""
         official_params, batch_stats, momentum, banks = self.official(k)
@@ -247,7 +258,7 @@ class _Replayer:
             banks=banks,
             rng=jax.random.wrap_key_data(self.rng),
         )
-        return parallel.put(state, parallel.state_sharding(state, self.exp.mesh))
+        return sharding.put(state, state_sharding(state, self.exp.mesh))
 
     def batch(self, k: int) -> dict[str, np.ndarray]:
         """Batch k with the official random negatives: the loss uses a batch's
@@ -277,7 +288,7 @@ class _Replayer:
             params = jax.tree.map(scale, jax.device_get(state.params))
             state = self.state(k, params)
             batch = batch | {"x": scale(batch["x"])}
-        new_state, metrics = self.train_step(state, parallel.global_batch(batch, self.exp.mesh))
+        new_state, metrics = self.train_step(state, sharding.global_batch(batch, self.exp.mesh))
         return jax.device_get(new_state), jax.device_get(metrics)
 
 
@@ -349,8 +360,9 @@ class ReplayReport:
 
 def _momentum_widening(replayer, k, ours, official, runs) -> dict[str, float]:
     """Per momentum tensor: the perturbed runs' spread, plus the official gradient where
-    ours is zero up to rounding. The gradient each side used is its new buffer minus
-    momentum x the old buffer minus weight decay x the old weights."""
+    ours is zero up to rounding and the official step had one (a parameter the official
+    optimizer skipped has no gradient to compare). The gradient each side used is its new
+    buffer minus momentum x the old buffer minus weight decay x the old weights."""
     optim = replayer.exp.config.optim
     _, _, old_momentum, _ = replayer.official(k)
     old_params = _flat(replayer.official(k)[0])
@@ -366,8 +378,8 @@ def _momentum_widening(replayer, k, ours, official, runs) -> dict[str, float]:
     ours_gradient = {name: np.abs(gradient(ours, name)).max() for name in ours}
     largest = max(ours_gradient.values())
     widening = _spread([_flat(_trace(state)) for state, _ in runs], ours)
-    for name, magnitude in ours_gradient.items():
-        if magnitude <= NOISE_GRADIENT * largest:
+    for name in replayer.recorded_momentum(k + 1):  # the official gradient exists
+        if ours_gradient[name] <= NOISE_GRADIENT * largest:
             widening[name] += float(np.abs(gradient(official, name)).max())
     return widening
 
@@ -420,7 +432,7 @@ def _eval_check(replayer: _Replayer) -> Check:
     recording = replayer.recording
     params, batch_stats, _, _ = replayer.official(recording.num_steps)
     variables = backbone_variables(params, batch_stats)
-    batch = parallel.global_batch({"x": recording["x_test"]}, replayer.exp.mesh)
+    batch = sharding.global_batch({"x": recording["x_test"]}, replayer.exp.mesh)
     logits, _ = replayer.eval_step(variables, batch)
     return _check("eval", "eval_logits", {"logits": logits}, {"logits": recording["eval_logits"]})
 

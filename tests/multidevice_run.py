@@ -26,12 +26,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
+from csre_jax import sharding
 from csre_jax.csre.bank import create_bank, write
 from csre_jax.csre.loss import ContrastConfig, bank_loss, normalize
-from csre_jax.training import distributed, loop, parallel
+from csre_jax.training import loop
 from csre_jax.training.checkpoint import Checkpointer
+from csre_jax.training.state import state_sharding
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/ctrgcn_ntu60.py:tiny", "Config.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/ctrgcn.py:tiny", "Config.")
 _OUTPUT = flags.DEFINE_string("output", None, "The .npz to write.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and HLO dumps.", required=True)
 _RUNS = flags.DEFINE_list("runs", ["0"], "devices[:save|:resume] per run, in order.")
@@ -56,13 +58,13 @@ def train(config, devices: int, mode: str, workdir: Path) -> dict[str, np.ndarra
     batches = loop.train_batches(exp)
     checkpointer = Checkpointer(workdir / "run")
     if mode == "resume":
-        state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)
+        state = checkpointer.restore(state, state_sharding(state, exp.mesh), batches)
     compiled, history, out = None, [], {}
     snapshots = {0: "initial_state", _SAVE_AFTER.value: "saved_state"}
     for step in range(int(state.step), _STEPS.value):
         if step in snapshots:
             out |= _snapshot(state, snapshots[step])
-        batch = parallel.global_batch(next(batches), exp.mesh)
+        batch = sharding.global_batch(next(batches), exp.mesh)
         if compiled is None:  # the executable that runs is the one whose HLO is checked
             compiled = train_step.lower(state, batch).compile()
             if jax.process_index() == 0:
@@ -121,7 +123,7 @@ def check_loss() -> dict[str, np.ndarray]:
 
     out = {}
     for devices in (1, jax.device_count()):
-        mesh = parallel.make_mesh(devices)
+        mesh = sharding.make_mesh(devices)
         args = [(features, P("data")), (bank, P("data")), (jax.random.key(0), P())]
         placed = [jax.device_put(x, NamedSharding(mesh, spec)) for x, spec in args]
         value, grad = jax.jit(jax.value_and_grad(loss))(*placed)
@@ -134,7 +136,7 @@ def check_loss() -> dict[str, np.ndarray]:
 
 def main(argv):
     del argv
-    distributed.initialize()
+    sharding.initialize_distributed()
     workdir = Path(_WORKDIR.value)
     results = check_loss() if _CHECK_LOSS.value else {}
     for run in _RUNS.value:

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from csre_jax import models
-from csre_jax.training import loop, parallel
+from csre_jax import models, sharding
+from csre_jax.training import loop
 
 STEPS = 6
 
@@ -30,7 +30,7 @@ def _filled_banks(state):
     [(name, "ntu60") for name in models.MODEL_NAMES if name != "ctrgcn"] + [("hcn", "ucla")],
 )
 def test_tiny_config_trains_with_csre(model, dataset):
-    config = importlib.import_module(f"configs.{model}_{dataset}").get_config("tiny")
+    config = importlib.import_module(f"configs.{model}").get_config(f"{dataset},tiny")
     config.num_devices = 1
     config.model.kwargs.dropout = 0.0  # HCN's 0.5 would make six steps' losses a coin toss
     exp = loop.build(config)
@@ -45,7 +45,7 @@ def test_tiny_config_trains_with_csre(model, dataset):
     batch |= {"label": split.labels[rows], "index": rows.astype(np.int32)}
     losses = []
     for _ in range(STEPS):  # the same batch: the loss must fall
-        state, metrics = train_step(state, parallel.global_batch(batch, exp.mesh))
+        state, metrics = train_step(state, sharding.global_batch(batch, exp.mesh))
         metrics = jax.device_get(metrics)
         assert np.isfinite(metrics["loss"]), metrics
         assert metrics["loss_spatial"] > 0 and metrics["loss_temporal"] > 0
@@ -59,4 +59,4 @@ def test_tiny_config_trains_with_csre(model, dataset):
         test = loop.evaluate(exp, eval_step, state.backbone_variables())
         assert test.logits.shape == (len(exp.dataset.test), exp.dataset.test.num_classes)
         assert np.isfinite(test.logits).all() and 0 <= test.top1 <= 100
-        assert len(test.features) == len(exp.dataset.test)
+        assert len(test.pooled_features) == len(exp.dataset.test)

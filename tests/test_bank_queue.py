@@ -11,10 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import ctrgcn_ntu60
+from configs import ctrgcn
+from csre_jax import sharding
 from csre_jax.csre.bank import MemoryBank, create_queue, enqueue
 from csre_jax.csre.loss import ContrastConfig, bank_loss, normalize
-from csre_jax.training import loop, parallel
+from csre_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,14 +119,14 @@ def test_a_queue_smaller_than_a_batch_is_refused():
 
 
 def test_a_bad_bank_size_fails_before_the_model_is_built():
-    config = ctrgcn_ntu60.get_config("tiny")
+    config = ctrgcn.get_config("tiny")
     config.csre.bank_size = -1
     with pytest.raises(ValueError, match="csre.bank_size=-1"):
         loop.init_state(loop.build(config))
 
 
 def test_tiny_config_trains_with_a_queue():
-    config = ctrgcn_ntu60.get_config("tiny")
+    config = ctrgcn.get_config("tiny")
     config.num_devices = 1
     config.csre.bank_size = 64
     exp = loop.build(config)
@@ -138,7 +139,7 @@ def test_tiny_config_trains_with_a_queue():
     batch = {"x": split.x[rows], "label": split.labels[rows], "index": rows.astype(np.int32)}
     losses = []
     for step in range(8):  # the same batch: its anchors need the second copy to be valid
-        state, metrics = train_step(state, parallel.global_batch(batch, exp.mesh))
+        state, metrics = train_step(state, sharding.global_batch(batch, exp.mesh))
         metrics = jax.device_get(metrics)
         assert np.isfinite(metrics["loss"]), metrics
         assert (metrics["valid_spatial"] > 0) == (step >= 1), (step, metrics)
@@ -155,7 +156,7 @@ import jax, jax.numpy as jnp, numpy as np
 from csre_jax.csre.bank import create_queue
 from csre_jax.csre.loss import ContrastConfig, bank_loss
 from jax.sharding import NamedSharding, PartitionSpec
-from csre_jax.training import parallel
+from csre_jax import sharding
 
 def run(mesh):
     queue = create_queue(18, 8, batch_size=8, pad_to_multiple=4)  # 20 rows, 2 of padding
@@ -171,7 +172,7 @@ def run(mesh):
         losses.append(float(loss))
     return losses, jax.tree.map(np.asarray, queue)
 
-(l1, q1), (l4, q4) = run(None), run(parallel.make_mesh(4))
+(l1, q1), (l4, q4) = run(None), run(sharding.make_mesh(4))
 np.testing.assert_allclose(l1, l4, rtol=1e-6)
 assert l1[-1] > 0
 for a, b in zip(jax.tree.leaves(q1), jax.tree.leaves(q4)):

@@ -77,7 +77,7 @@ def test_runs_without_a_known_stream_need_weights(tmp_path):
         evaluate_runs(tests)
     (twice,) = evaluate_runs(tests, weights=[1, 1]).ensembles
     assert twice.name == "ensemble of 2 runs"
-    tests[1]["metadata"]["stream"] = None  # e.g. a CTR-GCN pickle without --streams
+    tests[1].metadata["stream"] = None  # e.g. a CTR-GCN pickle without --streams
     with pytest.raises(ValueError, match=r"stream None is not one of .*--streams"):
         evaluate_runs(tests)
     (fused,) = evaluate_runs(tests, weights=[1, 1]).ensembles

@@ -31,12 +31,12 @@ def test_our_score_file_round_trips_with_sample_ids_and_features(tmp_path):
     features = RNG.normal(size=(6, 3)).astype(np.float32)
     path = _ours(tmp_path / "s.npz", sample_ids=np.arange(10, 16), features=features)
     run = load_scores(path)
-    np.testing.assert_array_equal(run["logits"], LOGITS)
-    np.testing.assert_array_equal(run["labels"], LABELS)
-    np.testing.assert_array_equal(run["sample_ids"], np.arange(10, 16))
-    np.testing.assert_array_equal(run["features"], features)
-    assert run["metadata"]["stream"] == "bone"
-    assert run["path"] == str(path)
+    np.testing.assert_array_equal(run.logits, LOGITS)
+    np.testing.assert_array_equal(run.labels, LABELS)
+    np.testing.assert_array_equal(run.sample_ids, np.arange(10, 16))
+    np.testing.assert_array_equal(run.features, features)
+    assert run.metadata["stream"] == "bone"
+    assert run.path == str(path)
 
 
 def test_ntu_pickle_round_trips_through_our_format(tmp_path):
@@ -48,11 +48,11 @@ def test_ntu_pickle_round_trips_through_our_format(tmp_path):
     assert list(raw) == [f"test_{i}" for i in range(6)]  # CTR-GCN's NTU names, test order
     np.testing.assert_array_equal(raw["test_2"], LOGITS[2])
     run = load_pickle_scores(exported, ours, stream="bone")
-    np.testing.assert_array_equal(run["logits"], LOGITS)
-    np.testing.assert_array_equal(run["labels"], LABELS)
-    np.testing.assert_array_equal(run["sample_ids"], np.arange(6))
-    assert run["metadata"]["dataset"] == "ntu60"
-    assert run["metadata"]["stream"] == "bone"
+    np.testing.assert_array_equal(run.logits, LOGITS)
+    np.testing.assert_array_equal(run.labels, LABELS)
+    np.testing.assert_array_equal(run.sample_ids, np.arange(6))
+    assert run.metadata["dataset"] == "ntu60"
+    assert run.metadata["stream"] == "bone"
 
 
 def test_ucla_pickle_round_trips_with_val_label_pkl(tmp_path):
@@ -64,9 +64,9 @@ def test_ucla_pickle_round_trips_with_val_label_pkl(tmp_path):
     val_label = [{"file_name": f"a{i}", "label": int(y) + 1} for i, y in enumerate(LABELS)]
     labels_file = _pickle(tmp_path / "val_label.pkl", val_label)
     run = load_pickle_scores(exported, labels_file)
-    np.testing.assert_array_equal(run["labels"], LABELS)
-    np.testing.assert_array_equal(run["logits"], LOGITS)
-    assert run["metadata"]["dataset"] == "ucla"
+    np.testing.assert_array_equal(run.labels, LABELS)
+    np.testing.assert_array_equal(run.logits, LOGITS)
+    assert run.metadata["dataset"] == "ucla"
 
 
 def test_pickle_takes_labels_from_an_ntu_split_file(tmp_path):
@@ -74,14 +74,14 @@ def test_pickle_takes_labels_from_an_ntu_split_file(tmp_path):
     np.savez(split, x_test=np.zeros((6, 1)), y_test=np.eye(60)[LABELS])
     pkl = _pickle(tmp_path / "s.pkl", {f"test_{i}": row for i, row in enumerate(LOGITS)})
     run = load_pickle_scores(pkl, split)
-    np.testing.assert_array_equal(run["labels"], LABELS)
-    assert run["metadata"]["dataset"] == "ntu60"
+    np.testing.assert_array_equal(run.labels, LABELS)
+    assert run.metadata["dataset"] == "ntu60"
 
 
 def test_real_nw_ucla_val_label_pkl(shared_dir):
     labels = load_labels(shared_dir / "data" / "NW-UCLA" / "val_label.pkl")
-    assert len(labels["labels"]) == 464
-    assert labels["labels"].min() == 0 and labels["labels"].max() == 9
+    assert len(labels.labels) == 464
+    assert labels.labels.min() == 0 and labels.labels.max() == 9
 
 
 def test_pickle_errors_name_the_file_and_the_fix(tmp_path):

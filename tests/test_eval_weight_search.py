@@ -1,10 +1,13 @@
 """Ensemble weights are searched on held-out validation scores only, never on test labels."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from csre_jax.evaluate import ensembles
 from csre_jax.evaluate.ensembles import evaluate_runs, search_weights
+from csre_jax.evaluate.scores import ScoreFile
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 
@@ -22,14 +25,13 @@ def test_grid_search_finds_the_hand_computed_weights():
 
 def _scores(rng, labels, split, stream, num_classes=5, sample_ids=None):
     logits = rng.normal(size=(len(labels), num_classes)) + 1.5 * np.eye(num_classes)[labels]
-    return {
-        "logits": logits.astype(np.float32),
-        "labels": labels,
-        "sample_ids": np.arange(len(labels)) if sample_ids is None else sample_ids,
-        "metadata": {"dataset": "synthetic", "stream": stream, "model": "ctrgcn", "split": split},
-        "features": None,
-        "path": f"{stream}/scores/{split}_scores.npz",
-    }
+    return ScoreFile(
+        logits=logits.astype(np.float32),
+        labels=labels,
+        sample_ids=np.arange(len(labels)) if sample_ids is None else sample_ids,
+        path=f"{stream}/scores/{split}_scores.npz",
+        metadata={"dataset": "synthetic", "stream": stream, "model": "ctrgcn", "split": split},
+    )
 
 
 def _runs(seed=0):
@@ -46,16 +48,17 @@ class LabelsTouched(Exception):
     pass
 
 
-class GuardedRun(dict):
+class GuardedRun(ScoreFile):
     """A test score file whose labels raise on any access."""
 
-    def __getitem__(self, key):
-        if key == "labels":
+    def __getattribute__(self, name):
+        if name == "labels":
             raise LabelsTouched
-        return super().__getitem__(key)
+        return super().__getattribute__(name)
 
-    def get(self, key, default=None):
-        return self["labels"] if key == "labels" else super().get(key, default)
+
+def _guarded(run: ScoreFile) -> GuardedRun:
+    return GuardedRun(**{f.name: getattr(run, f.name) for f in dataclasses.fields(run)})
 
 
 def test_weight_search_reads_no_test_labels(monkeypatch):
@@ -64,23 +67,25 @@ def test_weight_search_reads_no_test_labels(monkeypatch):
     searched = []
 
     def spy(logits, labels, prefer, **kwargs):
-        assert labels is vals[0]["labels"]
+        assert labels is vals[0].labels
         for got in logits:
-            assert any(got is val["logits"] for val in vals)
+            assert any(got is val.logits for val in vals)
         result = search_weights(logits, labels, prefer, **kwargs)
         searched.append(len(logits))
         return result
 
     monkeypatch.setattr(ensembles, "search_weights", spy)
     with pytest.raises(LabelsTouched):
-        evaluate_runs([GuardedRun(t) for t in tests], val_runs=vals, search=True)
+        evaluate_runs([_guarded(t) for t in tests], val_runs=vals, search=True)
     assert searched == [2, 4], "the 2- and 4-stream weights were fixed before test labels"
 
 
 def test_permuted_test_labels_give_the_same_weights():
     tests, vals = _runs()
     evaluation = evaluate_runs(tests, val_runs=vals, search=True)
-    permuted = [dict(t, labels=np.random.default_rng(1).permutation(t["labels"])) for t in tests]
+    permuted = [
+        dataclasses.replace(t, labels=np.random.default_rng(1).permutation(t.labels)) for t in tests
+    ]
     shuffled = evaluate_runs(permuted, val_runs=vals, search=True)
     assert [e.weights for e in shuffled.ensembles] == [e.weights for e in evaluation.ensembles]
     assert shuffled.ensembles[-1].top1 != evaluation.ensembles[-1].top1
@@ -92,19 +97,17 @@ def test_permuted_test_labels_give_the_same_weights():
 def test_searched_weights_are_the_validation_optimum_applied_once_to_test():
     tests, vals = _runs()
     four = evaluate_runs(tests, val_runs=vals, search=True).ensembles[-1]
-    expected, _ = search_weights(
-        [v["logits"] for v in vals], vals[0]["labels"], (0.6, 0.6, 0.4, 0.4)
-    )
+    expected, _ = search_weights([v.logits for v in vals], vals[0].labels, (0.6, 0.6, 0.4, 0.4))
     assert four.weights.values == expected
-    fused = sum(w * t["logits"].astype(np.float64) for w, t in zip(expected, tests, strict=True))
-    assert four.top1 == 100 * np.mean(fused.argmax(1) == tests[0]["labels"])
+    fused = sum(w * t.logits.astype(np.float64) for w, t in zip(expected, tests, strict=True))
+    assert four.top1 == 100 * np.mean(fused.argmax(1) == tests[0].labels)
 
 
 def test_search_refuses_test_scores_and_mismatched_validation_files():
     tests, vals = _runs()
     with pytest.raises(ValueError, match="joint/scores/test_scores.npz: not a validation score"):
         evaluate_runs(tests, val_runs=tests, search=True)
-    vals[1]["sample_ids"] = vals[1]["sample_ids"] + 1
+    vals[1] = dataclasses.replace(vals[1], sample_ids=vals[1].sample_ids + 1)
     with pytest.raises(ValueError, match="bone/scores/val_scores.npz and joint/.*validation split"):
         evaluate_runs(tests, val_runs=vals, search=True)
     with pytest.raises(ValueError, match="not both"):

@@ -26,10 +26,10 @@ def test_score_files_round_trip(tmp_path):
     logits = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     path = _write(tmp_path / "joint.npz", logits, [0, 1, 2, 3, 0])
     run = load_scores(path)
-    np.testing.assert_array_equal(run["logits"], logits)
-    np.testing.assert_array_equal(run["labels"], [0, 1, 2, 3, 0])
-    np.testing.assert_array_equal(run["sample_ids"], np.arange(5))
-    assert run["metadata"] == {"stream": "joint"}
+    np.testing.assert_array_equal(run.logits, logits)
+    np.testing.assert_array_equal(run.labels, [0, 1, 2, 3, 0])
+    np.testing.assert_array_equal(run.sample_ids, np.arange(5))
+    assert run.metadata == {"stream": "joint"}
     assert not list(tmp_path.glob("*.tmp")), "the temporary file is renamed away"
 
 
@@ -40,10 +40,10 @@ def test_ensemble_of_known_scores_gives_the_hand_computed_accuracy(tmp_path):
     bone = _write(tmp_path / "bone.npz", [[0, 1], [1, 0], [0, 3], [3, 0]], labels)
     # 1:1 -> rows [2,1] [1,2] [1,3] [3,1]: all right. 1:0.2 -> [2,.2] [.2,2] [1,.6] [.6,1.2]
     fused = ensemble([joint, bone], [1.0, 1.0])
-    assert topk_accuracy(fused["logits"], fused["labels"]) == 1.0
+    assert topk_accuracy(fused.logits, fused.labels) == 1.0
     fused = ensemble([joint, bone], [1.0, 0.2])
-    np.testing.assert_allclose(fused["logits"][2], [1.0, 0.6])
-    assert topk_accuracy(fused["logits"], fused["labels"]) == 0.5
+    np.testing.assert_allclose(fused.logits[2], [1.0, 0.6])
+    assert topk_accuracy(fused.logits, fused.labels) == 0.5
 
 
 def test_ensemble_refuses_scores_of_another_test_set(tmp_path):

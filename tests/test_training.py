@@ -96,7 +96,7 @@ def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypa
     loop.train_and_evaluate(config, tmp_path / "straight")
 
     calls = {"n": 0}
-    real_global_batch = loop.parallel.global_batch
+    real_global_batch = loop.sharding.global_batch
 
     def killed_after_nine_steps(local, mesh):
         calls["n"] += 1
@@ -104,10 +104,10 @@ def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_global_batch(local, mesh)
 
-    monkeypatch.setattr(loop.parallel, "global_batch", killed_after_nine_steps)
+    monkeypatch.setattr(loop.sharding, "global_batch", killed_after_nine_steps)
     with pytest.raises(KeyboardInterrupt):
         loop.train_and_evaluate(config, tmp_path / "resumed")
-    monkeypatch.setattr(loop.parallel, "global_batch", real_global_batch)
+    monkeypatch.setattr(loop.sharding, "global_batch", real_global_batch)
     loop.train_and_evaluate(config, tmp_path / "resumed")
 
     straight, resumed = _latest_state(tmp_path / "straight"), _latest_state(tmp_path / "resumed")
@@ -166,9 +166,9 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_dataset_names_the_file_and_the_fix(tmp_path):
-    from configs import ctrgcn_ntu120
+    from configs import ctrgcn
 
-    config = ctrgcn_ntu120.get_config("xset,bone")
+    config = ctrgcn.get_config("ntu120,xset,bone")
     config.data.root = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as error:
         loop.build(config)
@@ -192,17 +192,23 @@ def test_unknown_config_key_is_named(tmp_path, override, expected):
 
 
 def test_config_arguments_pick_benchmark_and_stream():
-    from configs import ctrgcn_ntu60, ctrgcn_ntu120, ctrgcn_ucla
+    from configs import ctrgcn
 
-    config = ctrgcn_ntu120.get_config("xset,bone_motion")
-    assert (config.data.benchmark, config.data.stream) == ("xset", "bone_motion")
-    assert ctrgcn_ntu60.get_config(None).data.benchmark == "xsub"
-    with pytest.raises(ValueError, match="unknown config argument 'xset'"):
-        ctrgcn_ntu60.get_config("xset")
-    ucla = ctrgcn_ucla.get_config("bone")
+    config = ctrgcn.get_config("ntu120,xset,bone_motion")
+    assert (config.data.name, config.data.benchmark) == ("ntu120", "xset")
+    assert config.data.stream == "bone_motion"
+    assert ctrgcn.get_config("bone_motion,xset,ntu120") == config  # any order
+    data = ctrgcn.get_config(None).data
+    assert (data.name, data.benchmark, data.stream) == ("ntu60", "xsub", "joint")
+    with pytest.raises(ValueError, match="unknown config argument 'xset' for ntu60"):
+        ctrgcn.get_config("xset")
+    ucla = ctrgcn.get_config("ucla,bone")
     assert (ucla.data.name, ucla.data.stream, ucla.data.batch_size) == ("ucla", "bone", 16)
-    with pytest.raises(ValueError, match="unknown config argument 'xsub'"):
-        ctrgcn_ucla.get_config("xsub")
+    assert "benchmark" not in ucla.data
+    with pytest.raises(ValueError, match="unknown config argument 'xsub' for ucla"):
+        ctrgcn.get_config("ucla,xsub")
+    with pytest.raises(ValueError, match="unknown config argument 'nt60'"):
+        ctrgcn.get_config("nt60")
 
 
 def test_bfloat16_compute_keeps_float32_state_and_close_logits():
@@ -213,14 +219,14 @@ def test_bfloat16_compute_keeps_float32_state_and_close_logits():
     split = exps["bfloat16"].dataset.train
     batch = {"x": split.x[:16], "label": split.labels[:16], "index": np.arange(16, dtype=np.int32)}
     for _ in range(2):
-        state, metrics = train_step(state, loop.parallel.global_batch(batch, exps["bfloat16"].mesh))
+        state, metrics = train_step(state, loop.sharding.global_batch(batch, exps["bfloat16"].mesh))
         assert np.isfinite(float(metrics["loss"]))
     stored = [state.params, state.batch_stats, state.opt_state, state.banks]
     floats = [a for a in jax.tree.leaves(stored) if jax.numpy.issubdtype(a.dtype, np.floating)]
     assert floats and all(a.dtype == np.float32 for a in floats)
     variables = state.backbone_variables()
     _, f32_eval = loop.compile_steps(exps["float32"], state)
-    x = {"x": loop.parallel.global_batch({"x": split.x[:16]}, exps["bfloat16"].mesh)["x"]}
+    x = {"x": loop.sharding.global_batch({"x": split.x[:16]}, exps["bfloat16"].mesh)["x"]}
     low, full = np.asarray(eval_step(variables, x)[0]), np.asarray(f32_eval(variables, x)[0])
     assert not np.array_equal(low, full)  # it really ran in bf16
     assert np.abs(low - full).max() <= 0.05 * np.abs(full).max()

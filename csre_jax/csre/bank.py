@@ -14,7 +14,7 @@ from flax import struct
 
 @struct.dataclass
 class MemoryBank:
-    """Per-sample feature table of the CSRE loss (csre.md §3).
+    """Per-sample feature table of the CSRE loss: slot k holds training sample k's latest feature.
 
     features: (slots, dim) float32, zero rows until written.
     labels: (slots,) int32, the class of each slot's training sample; -1 marks padding slots
@@ -63,7 +63,7 @@ class MemoryQueue(MemoryBank):
     """A ring buffer of the last `capacity` written features, with their labels.
 
     Each write overwrites the oldest rows at the pointer, so the masks the loss builds from
-    labels and filled flags are the same as for a per-sample bank (csre.md §4.3). Padding rows
+    labels and filled flags are the same as for a per-sample bank. Padding rows
     past `capacity` stay labelled -1, unfilled and unwritten.
 
     The anchor's own entry: bank_loss writes the batch before comparing, for a queue as for
@@ -73,7 +73,8 @@ class MemoryQueue(MemoryBank):
     the pools of their classes.
 
     pointer: (shards,) int32, the next row to write, one identical copy per row shard: every
-        leaf of a bank is split by rows over the mesh (parallel.state_sharding), this one too.
+        leaf of a bank is split by rows over the mesh (training.state.state_sharding), this
+        one too.
     capacity: the number of real rows (csre.bank_size); the ring wraps modulo it.
     """
 

@@ -1,4 +1,4 @@
-"""InfoNCE against a memory bank with hybrid hard/random sampling (csre.md §4, §8.1).
+"""InfoNCE against a memory bank with hybrid hard/random sampling (the official ContrastLoss).
 
 The official code loops over anchors and fully sorts the bank for each; this is the exact
 vectorised equivalent: one (batch, slots) similarity matrix, masks, and top-k selections.
@@ -70,7 +70,7 @@ def normalize(features: jax.Array) -> jax.Array:
 
 def _slot_shards(scores: jax.Array) -> int:
     """Devices the slot axis (axis 1) is split over: the whole mesh the bank lives on, since
-    its rows are sharded over every device (training/parallel.py); 1 off a mesh."""
+    its rows are sharded over every device (training/state.py: state_sharding); 1 off a mesh."""
     mesh = jax.typeof(scores).sharding.mesh
     return 1 if mesh.empty or scores.shape[1] % mesh.size else mesh.size
 

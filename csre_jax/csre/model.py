@@ -65,8 +65,8 @@ class ContrastiveClassifier(nn.Module):
         return logits, embeddings
 
 
-# The official head's names (csre.md §2, the Hyperformer release): the spatial branch is
-# std.conv1 -> std.convs, the temporal branch std.conv2 -> std.convt.
+# The official head's names (std.* in the CSRE release's model/Hyperformer.py): the spatial
+# branch is std.conv1 -> std.convs, the temporal branch std.conv2 -> std.convt.
 _STFD_TORCH_LAYERS = {
     ("spatial", "reduce"): ("std.conv1", "conv1d"),
     ("spatial", "project"): ("std.convs", "linear"),

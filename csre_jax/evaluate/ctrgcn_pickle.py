@@ -7,34 +7,45 @@ set, an NTU split file (.npz, one-hot `y_test`) or NW-UCLA's `val_label.pkl` (1-
 list order). Unpickling runs code from the file: read only pickles you trust.
 """
 
+import dataclasses
 import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
-from csre_jax.evaluate.scores import load_scores
+from csre_jax.evaluate.scores import ScoreFile, load_scores
 from csre_jax.fileio import atomic_write
 
 _NTU_NAME = re.compile(r"test_(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSource:
+    """A test set's labels in test order, with what their source says about the dataset."""
+
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    dataset: str
+    benchmark: str = ""
 
 
 def _sample_name(dataset: str, sample_id: int) -> str | int:
     return sample_id if dataset == "ucla" else f"test_{sample_id}"
 
 
-def save_pickle_scores(path: Path, run: dict) -> None:
-    """Exports a loaded score file (load_scores) as CTR-GCN's pickle, named per its dataset."""
-    dataset = run["metadata"].get("dataset", "")
+def save_pickle_scores(path: Path, run: ScoreFile) -> None:
+    """Exports a loaded score file as CTR-GCN's pickle, its samples named per its dataset."""
+    dataset = run.metadata.get("dataset", "")
     scores = {
         _sample_name(dataset, int(i)): row
-        for i, row in zip(run["sample_ids"], run["logits"].astype(np.float32), strict=True)
+        for i, row in zip(run.sample_ids, run.logits.astype(np.float32), strict=True)
     }
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(scores, f)
 
 
-def load_labels(path: Path) -> dict:
+def load_labels(path: Path) -> LabelSource:
     """Test labels with their sample ids and what the source says about the dataset."""
     path = Path(path)
     fix = (
@@ -50,7 +61,7 @@ def load_labels(path: Path) -> dict:
         ):
             raise ValueError(f"{path}: not NW-UCLA's val_label.pkl (a list of dicts with 'label')")
         labels = np.array([e["label"] - 1 for e in entries], np.int32)
-        return {"labels": labels, "sample_ids": np.arange(len(labels)), "dataset": "ucla"}
+        return LabelSource(labels, np.arange(len(labels)), "ucla")
     try:
         with np.load(path) as f:
             files = set(f.files)
@@ -60,15 +71,15 @@ def load_labels(path: Path) -> dict:
     if y_test is not None:
         labels = np.argmax(y_test, axis=1).astype(np.int32)
         dataset = {60: "ntu60", 120: "ntu120"}.get(y_test.shape[1], "")
-        return {"labels": labels, "sample_ids": np.arange(len(labels)), "dataset": dataset}
+        return LabelSource(labels, np.arange(len(labels)), dataset)
     if "labels" in files:
         run = load_scores(path)
-        return {
-            "labels": run["labels"],
-            "sample_ids": run["sample_ids"],
-            "dataset": run["metadata"].get("dataset", ""),
-            "benchmark": run["metadata"].get("benchmark", ""),
-        }
+        return LabelSource(
+            run.labels,
+            run.sample_ids,
+            run.metadata.get("dataset", ""),
+            run.metadata.get("benchmark", ""),
+        )
     raise ValueError(f"{path}: holds neither 'labels' nor 'y_test'; {fix}")
 
 
@@ -87,8 +98,8 @@ def _sample_id(name) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None) -> dict:
-    """A CTR-GCN pickle as a loaded score file (load_scores' keys), labelled from labels_path.
+def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None) -> ScoreFile:
+    """A CTR-GCN pickle as a loaded score file, labelled from labels_path.
 
     The pickle's sample names must be exactly the label source's samples in its order."""
     path = Path(path)
@@ -101,7 +112,7 @@ def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None)
             f"epoch1_test_score.pkl, found {type(scores).__name__}"
         )
     source = load_labels(labels_path)
-    expected = source["sample_ids"]
+    expected = source.sample_ids
     if len(scores) != len(expected):
         raise ValueError(
             f"{path} holds {len(scores)} samples but {labels_path} labels {len(expected)}; "
@@ -110,7 +121,7 @@ def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None)
     names = list(scores)
     for row, (name, sample_id) in enumerate(zip(names, expected, strict=True)):
         if _sample_id(name) != sample_id:
-            want = _sample_name(source["dataset"], int(sample_id))
+            want = _sample_name(source.dataset, int(sample_id))
             raise ValueError(
                 f"{path}: sample names out of test order: position {row} is {name!r}, "
                 f"{labels_path} expects {want!r} there; names must be test_<i> (NTU) or i "
@@ -121,17 +132,16 @@ def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None)
         raise ValueError(f"{path}: logits of different lengths {sorted({r.size for r in rows})}")
     logits = np.stack(rows)
     metadata = {
-        "dataset": source["dataset"],
-        "benchmark": source.get("benchmark", ""),
+        "dataset": source.dataset,
+        "benchmark": source.benchmark,
         "stream": stream,
         "format": "ctrgcn-pickle",
         "labels": str(labels_path),
     }
-    return {
-        "logits": logits,
-        "labels": source["labels"],
-        "sample_ids": np.asarray(expected, np.int64),
-        "metadata": metadata,
-        "features": None,
-        "path": str(path),
-    }
+    return ScoreFile(
+        logits=logits,
+        labels=source.labels,
+        sample_ids=np.asarray(expected, np.int64),
+        path=str(path),
+        metadata=metadata,
+    )

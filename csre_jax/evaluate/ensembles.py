@@ -1,10 +1,10 @@
 """Multi-stream ensembles scored honestly: published, given, or validation-searched weights.
 
-The official CSRE script searches its stream weights on the test labels, which inflates the
-accuracy it reports (spec/data.md §10). Here weights come from the published ensemble
-scripts, from the command line, or from a search on scores of a validation split held out of
-the training data; they are fixed before any test label is read and applied to the test
-scores once.
+The official CSRE ensemble script (zhshj0110/CSRE ensemble.py) searches its stream weights
+on the test labels (scikit-optimize's gp_minimize of minus the test top-1), which inflates the
+accuracy it reports. Here weights come from the published ensemble scripts, from the command
+line, or from a search on scores of a validation split held out of the training data; they
+are fixed before any test label is read and applied to the test scores once.
 """
 
 import dataclasses
@@ -13,16 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from csre_jax.evaluate.scores import check_same_samples, ensemble, topk_accuracy
+from csre_jax.data.transforms import STREAMS
+from csre_jax.evaluate.scores import ScoreFile, check_same_samples, ensemble, topk_accuracy
+from csre_jax.workdir import RunFolder
 
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 SHORT_NAMES = {"joint": "J", "bone": "B", "joint_motion": "JM", "bone_motion": "BM"}
 TWO_STREAM = STREAMS[:2]
 # The official search space [0.2, 1.2] per weight, as an exhaustive grid at 0.1 steps.
 GRID = np.round(np.arange(2, 13) / 10, 1)
 NO_VALIDATION_HINT = (
     "train every stream with a held-out validation split (--config.data.val_fraction=0.05, "
-    "the same for every stream) so each run writes scores/val_scores.npz"
+    f"the same for every stream) so each run writes {RunFolder('<run>').val_scores}"
 )
 
 
@@ -60,8 +61,8 @@ class Result:
 
 
 @dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """Every run alone and every ensemble, on one test set."""
+class RunsEvaluation:
+    """Every run alone and every ensemble, on one test set (what evaluate_runs returns)."""
 
     runs: list[Result]
     ensembles: list[Result]
@@ -92,8 +93,9 @@ def ensemble_name(members: Sequence[str]) -> str:
 
 
 def published_weights(streams: Sequence[str], model: str, dataset: str) -> Weights:
-    """The fixed weights of the backbone's official ensemble.py (spec/data.md §10): CTR-GCN's
-    for every backbone but Hyperformer, which publishes its own."""
+    """The fixed weights of the backbone's official ensemble.py: CTR-GCN's
+    (Uason-Chen/CTR-GCN ensemble.py, every dataset) for every backbone but Hyperformer, which
+    publishes its own (ZhouYuxuanYX/Hyperformer ensemble.py, NTU and NW-UCLA apart)."""
     hyperformer = model == "hyperformer"
     script = "Hyperformer ensemble.py" if hyperformer else "CTR-GCN ensemble.py"
     if tuple(streams) == TWO_STREAM:
@@ -107,20 +109,20 @@ def published_weights(streams: Sequence[str], model: str, dataset: str) -> Weigh
     return Weights((0.4, 0.6, 0.2, 0.2), f"published default ({script}, NTU)")
 
 
-def runs_by_stream(runs: Sequence[dict]) -> dict[str, int]:
+def runs_by_stream(runs: Sequence[ScoreFile]) -> dict[str, int]:
     """stream -> index into runs, in the order joint, bone, joint_motion, bone_motion."""
     found: dict[str, int] = {}
     for i, run in enumerate(runs):
-        stream = run["metadata"].get("stream")
+        stream = run.stream
         if stream not in STREAMS:
             raise ValueError(
-                f"{run['path']}: stream {stream!r} is not one of {', '.join(STREAMS)}; name "
+                f"{run.path}: stream {stream!r} is not one of {', '.join(STREAMS)}; name "
                 f"each run's stream with --streams (in --runs order) or give --weights in "
                 f"file order"
             )
         if stream in found:
             raise ValueError(
-                f"{run['path']} and {runs[found[stream]]['path']} both hold the {stream} "
+                f"{run.path} and {runs[found[stream]].path} both hold the {stream} "
                 f"stream; ensemble different streams, or give --weights in file order"
             )
         found[stream] = i
@@ -161,64 +163,64 @@ def search_weights(
     return tuple(float(w) for w in points[pick]), float(correct[pick] / num_samples)
 
 
-def _validation_source(val_runs: Sequence[dict], accuracy: float) -> str:
-    split = val_runs[0].get("validation_split") or {}
+def _validation_source(val_runs: Sequence[ScoreFile], accuracy: float) -> str:
+    split = val_runs[0].validation_split
     recorded = (
-        f", fraction {split['fraction']} seed {split['seed']} as recorded in validation_split.json"
-        if split
+        f", fraction {split.fraction} seed {split.seed} as recorded in {split.recorded_in.name}"
+        if split is not None
         else ""
     )
     return (
-        f"searched on the held-out validation split ({len(val_runs[0]['labels'])} training "
+        f"searched on the held-out validation split ({len(val_runs[0].labels)} training "
         f"samples{recorded}; grid 0.2-1.2 step 0.1, top-1 there {100 * accuracy:.2f}%)"
     )
 
 
-def _searched(
+def _validation_searched_weights(
     members: Sequence[int],
     default: Weights,
-    val_runs: Sequence[dict | None],
-    test_runs: Sequence[dict],
+    val_runs: Sequence[ScoreFile | None],
+    test_runs: Sequence[ScoreFile],
     show_progress: bool,
 ) -> Weights:
     """Weights searched on the members' validation score files; test_runs only name files."""
     chosen = []
     for i in members:
-        val, stream = val_runs[i], test_runs[i]["metadata"].get("stream")
+        val, stream = val_runs[i], test_runs[i].stream
         if val is None:
             raise ValueError(
-                f"{test_runs[i]['path']}: no validation scores to search weights on; "
+                f"{test_runs[i].path}: no validation scores to search weights on; "
                 f"{NO_VALIDATION_HINT}, or drop --search_weights to use the published weights"
             )
-        if val["metadata"].get("split") != "val":
+        if val.metadata.get("split") != "val":
             raise ValueError(
-                f"{val['path']}: not a validation score file (metadata split="
-                f"{val['metadata'].get('split')!r}); weights are searched on held-out "
+                f"{val.path}: not a validation score file (metadata split="
+                f"{val.metadata.get('split')!r}); weights are searched on held-out "
                 f"validation scores only, never on test scores"
             )
-        if val["metadata"].get("stream") != stream:
+        if val.stream != stream:
             raise ValueError(
-                f"{val['path']}: validation scores of the {val['metadata'].get('stream')} "
-                f"stream given for the {stream} run {test_runs[i]['path']}"
+                f"{val.path}: validation scores of the {val.stream} "
+                f"stream given for the {stream} run {test_runs[i].path}"
             )
         chosen.append(val)
     check_same_samples(chosen, "validation split")
     values, accuracy = search_weights(
-        [v["logits"] for v in chosen],
-        chosen[0]["labels"],
+        [v.logits for v in chosen],
+        chosen[0].labels,
         default.values,
         show_progress=show_progress,
     )
     return Weights(values, _validation_source(chosen, accuracy))
 
 
-def _distinct_streams(runs: Sequence[dict]) -> bool:
-    streams = [run["metadata"].get("stream") for run in runs]
+def _distinct_streams(runs: Sequence[ScoreFile]) -> bool:
+    streams = [run.stream for run in runs]
     return set(streams) <= set(STREAMS) and len(set(streams)) == len(streams)
 
 
 def _plan(
-    test_runs: Sequence[dict], weights: Sequence[float] | None, model: str, dataset: str
+    test_runs: Sequence[ScoreFile], weights: Sequence[float] | None, model: str, dataset: str
 ) -> tuple[list[tuple[list[int], Weights]], list[str]]:
     """Which ensembles to score (run indices in weight order) with which weights, and notes;
     from the runs' metadata only. Without known, distinct streams only given weights apply."""
@@ -253,48 +255,54 @@ def _plan(
 
 
 def evaluate_runs(
-    test_runs: Sequence[dict],
+    test_runs: Sequence[ScoreFile],
     *,
     weights: Sequence[float] | None = None,
-    val_runs: Sequence[dict | None] | None = None,
+    val_runs: Sequence[ScoreFile | None] | None = None,
     search: bool = False,
     show_progress: bool = False,
-) -> Evaluation:
+) -> RunsEvaluation:
     """Every run alone, then the 2-stream (J+B) and 4-stream ensembles its streams allow
     (published weights, or searched on val_runs, parallel to test_runs) and the ensemble of
     all runs with `weights` (file order) when given. The weights are settled before any test
     label is read."""
     if weights is not None and search:
         raise ValueError("--weights and --search_weights: give weights or search them, not both")
-    metadata = test_runs[0]["metadata"]
+    metadata = test_runs[0].metadata
     dataset = metadata.get("dataset") or ""
     plans, notes = _plan(test_runs, weights, metadata.get("model", ""), dataset)
     if search:
         val_runs = val_runs or [None] * len(test_runs)
         plans = [
-            (members, _searched(members, default, val_runs, test_runs, show_progress))
+            (
+                members,
+                _validation_searched_weights(members, default, val_runs, test_runs, show_progress),
+            )
             for members, default in plans
         ]
         if not plans:
             notes.append("--search_weights: no 2- or 4-stream ensemble to search weights for")
     check_same_samples(test_runs)
-    labels = test_runs[0]["labels"]
-    runs = [_result(run, labels, _distinct_streams(test_runs)) for run in test_runs]
+    labels = test_runs[0].labels
+    runs = [_run_result(run, labels, _distinct_streams(test_runs)) for run in test_runs]
     ensembles = []
     for members, chosen in plans:
-        fused = ensemble([test_runs[i] for i in members], chosen.values)["logits"]
+        fused = ensemble([test_runs[i] for i in members], chosen.values).logits
         names = [runs[i].name for i in members]
         ensembles.append(
-            _scored(ensemble_name(names), fused, labels, members=tuple(names), weights=chosen)
+            _result_with_accuracy(
+                ensemble_name(names), fused, labels, members=tuple(names), weights=chosen
+            )
         )
-    return Evaluation(runs, ensembles, labels, test_runs[0]["sample_ids"], dataset, notes)
+    return RunsEvaluation(runs, ensembles, labels, test_runs[0].sample_ids, dataset, notes)
 
 
-def _scored(name: str, logits: np.ndarray, labels: np.ndarray, **fields) -> Result:
+def _result_with_accuracy(name: str, logits: np.ndarray, labels: np.ndarray, **fields) -> Result:
     top1, top5 = (100 * topk_accuracy(logits, labels, k) for k in (1, 5))
     return Result(name, top1, top5, logits, **fields)
 
 
-def _result(run: dict, labels: np.ndarray, name_by_stream: bool) -> Result:
-    name = run["metadata"]["stream"] if name_by_stream else run["path"]
-    return _scored(name, run["logits"], labels, path=run["path"], features=run.get("features"))
+def _run_result(run: ScoreFile, labels: np.ndarray, name_by_stream: bool) -> Result:
+    """One run alone, named by its stream (when every run's is known and distinct) or path."""
+    name = run.stream if name_by_stream else run.path
+    return _result_with_accuracy(name, run.logits, labels, path=run.path, features=run.features)

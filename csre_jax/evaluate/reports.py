@@ -9,8 +9,8 @@ import numpy as np
 
 from csre_jax.evaluate import figures
 from csre_jax.evaluate.class_names import class_names
-from csre_jax.evaluate.ensembles import SHORT_NAMES, Evaluation, Result
-from csre_jax.evaluate.scores import check_same_samples
+from csre_jax.evaluate.ensembles import SHORT_NAMES, Result, RunsEvaluation
+from csre_jax.evaluate.scores import ScoreFile, check_same_samples
 from csre_jax.fileio import atomic_write
 
 # The paper's difficulty levels by per-class accuracy: hard < 80% <= medium < 90% <= easy.
@@ -113,11 +113,11 @@ def compare(accuracy: np.ndarray, baseline: np.ndarray, names: list[str], top: i
     }
 
 
-def _tsne_source(evaluation: Evaluation) -> Result | None:
+def _tsne_source(evaluation: RunsEvaluation) -> Result | None:
     return next((run for run in evaluation.runs if run.features is not None), None)
 
 
-def build_report(evaluation: Evaluation, baseline: Evaluation | None = None, top: int = 10):
+def build_report(evaluation: RunsEvaluation, baseline: RunsEvaluation | None = None, top: int = 10):
     """The report as a JSON-ready dict, plus the arrays the figures need."""
     main = evaluation.main
     labels = evaluation.labels
@@ -148,7 +148,7 @@ def build_report(evaluation: Evaluation, baseline: Evaluation | None = None, top
     if baseline is not None:
         base = baseline.main
         check_same_samples(
-            [_as_run(main, evaluation), _as_run(base, baseline)], "test set as the baseline"
+            [_scores_of(main, evaluation), _scores_of(base, baseline)], "test set as the baseline"
         )
         base_accuracy, _ = per_class_accuracy(base.logits, baseline.labels)
         report["baseline"] = baseline.summary()
@@ -157,20 +157,16 @@ def build_report(evaluation: Evaluation, baseline: Evaluation | None = None, top
     return report, arrays
 
 
-def _as_run(result: Result, evaluation: Evaluation) -> dict:
+def _scores_of(result: Result, evaluation: RunsEvaluation) -> ScoreFile:
+    """A run's or ensemble's test scores, to check they are the baseline's samples."""
     path = result.path or " + ".join(result.members)
-    return {
-        "logits": result.logits,
-        "labels": evaluation.labels,
-        "sample_ids": evaluation.sample_ids,
-        "path": path,
-    }
+    return ScoreFile(result.logits, evaluation.labels, evaluation.sample_ids, path)
 
 
 def write_report(
     folder: Path,
-    evaluation: Evaluation,
-    baseline: Evaluation | None = None,
+    evaluation: RunsEvaluation,
+    baseline: RunsEvaluation | None = None,
     top: int = 10,
     max_tsne_points: int = 2000,
 ) -> dict:

@@ -3,10 +3,12 @@
 A score file is an .npz with 'logits' (N, num_classes) float32, 'labels' (N,) int32 and
 'sample_ids' (N,) int64 (the sample's index in its split: the test split, or for validation
 scores the full training split the samples were held out of), optionally 'features'
-(N, C) float32 (the backbone's pooled features, for t-SNE), plus JSON metadata. Two score
-files belong to the same evaluation set only if their labels and sample ids agree.
+(N, C) float32 (the backbone's pooled features, for t-SNE), plus JSON metadata. Loaded, it is
+a ScoreFile. Two score files belong to the same evaluation set only if their labels and
+sample ids agree.
 """
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,41 @@ from pathlib import Path
 import numpy as np
 
 from csre_jax.fileio import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSplit:
+    """Which held-out split a run's validation scores are, as its run folder recorded it."""
+
+    fraction: float
+    seed: int
+    num_train_samples: int
+    recorded_in: Path  # the run's validation_split.json
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScoreFile:
+    """One loaded score file: ours (.npz), a CTR-GCN pickle, or a fused ensemble's scores.
+
+    Row i of logits, labels, sample_ids (and features) is one sample. metadata is what the
+    file says about itself ('stream', 'split', 'dataset', 'model', ...; empty if nothing)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    path: str  # where it was read from (an ensemble: its members' paths joined by " + ")
+    metadata: dict = dataclasses.field(default_factory=dict)
+    features: np.ndarray | None = None
+    # Validation scores of a run folder that recorded its held-out split: that record.
+    validation_split: ValidationSplit | None = None
+
+    @property
+    def stream(self) -> str | None:
+        return self.metadata.get("stream")
+
+    def with_stream(self, stream: str) -> "ScoreFile":
+        """The same scores, their metadata naming `stream` (e.g. from --streams)."""
+        return dataclasses.replace(self, metadata=self.metadata | {"stream": stream})
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -47,7 +84,7 @@ def save_scores(
         np.savez(f, **arrays)
 
 
-def load_scores(path: Path) -> dict:
+def load_scores(path: Path) -> ScoreFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: score file not found")
@@ -55,43 +92,51 @@ def load_scores(path: Path) -> dict:
         missing = {"logits", "labels", "sample_ids"} - set(f.files)
         if missing:
             raise ValueError(f"{path}: not a csre-jax score file (missing {sorted(missing)})")
-        return {
-            "logits": f["logits"],
-            "labels": f["labels"],
-            "sample_ids": f["sample_ids"],
-            "metadata": json.loads(str(f["metadata"])) if "metadata" in f.files else {},
-            "features": f["features"] if "features" in f.files else None,
-            "path": str(path),
-        }
+        return ScoreFile(
+            logits=f["logits"],
+            labels=f["labels"],
+            sample_ids=f["sample_ids"],
+            path=str(path),
+            metadata=json.loads(str(f["metadata"])) if "metadata" in f.files else {},
+            features=f["features"] if "features" in f.files else None,
+        )
 
 
-def check_same_samples(runs: Sequence[dict], what: str = "test set") -> None:
+def check_same_samples(runs: Sequence[ScoreFile], what: str = "test set") -> None:
     """Refuses score files of different samples: fusing them would pair unrelated rows.
 
-    Each run is a loaded score file (load_scores); the error names both files."""
+    The error names both files."""
     first = runs[0]
     for run in runs[1:]:
-        pair = f"{run['path']} and {first['path']}"
-        if run["logits"].shape != first["logits"].shape:
+        pair = f"{run.path} and {first.path}"
+        if run.logits.shape != first.logits.shape:
             raise ValueError(
-                f"{pair}: scores of shape {run['logits'].shape} and {first['logits'].shape} "
+                f"{pair}: scores of shape {run.logits.shape} and {first.logits.shape} "
                 f"(samples, classes); they are not the same {what}"
             )
         for field, holds in (("sample_ids", "holds sample"), ("labels", "is labelled")):
-            if not np.array_equal(run[field], first[field]):
-                row = int(np.argmax(run[field] != first[field]))
+            ours, theirs = getattr(run, field), getattr(first, field)
+            if not np.array_equal(ours, theirs):
+                row = int(np.argmax(ours != theirs))
                 raise ValueError(
                     f"{pair}: labels or sample order differ (row {row} {holds} "
-                    f"{run[field][row]} in one, {first[field][row]} in the other); "
+                    f"{ours[row]} in one, {theirs[row]} in the other); "
                     f"they are not the same {what} in the same order"
                 )
 
 
-def ensemble(runs: Sequence[dict | Path], weights: Sequence[float]) -> dict:
-    """Weighted sum of raw logits over score files (paths or loaded) of the same test set."""
+def ensemble(runs: Sequence[ScoreFile | Path], weights: Sequence[float]) -> ScoreFile:
+    """Weighted sum of raw logits (float64) over score files (paths or loaded) of the same
+    test set; its metadata names the members and their weights."""
     if len(runs) != len(weights):
         raise ValueError(f"{len(runs)} score files but {len(weights)} weights")
-    runs = [run if isinstance(run, dict) else load_scores(run) for run in runs]
+    runs = [run if isinstance(run, ScoreFile) else load_scores(run) for run in runs]
     check_same_samples(runs)
-    fused = sum(w * run["logits"].astype(np.float64) for w, run in zip(weights, runs, strict=True))
-    return {"logits": fused, "labels": runs[0]["labels"], "sample_ids": runs[0]["sample_ids"]}
+    fused = sum(w * run.logits.astype(np.float64) for w, run in zip(weights, runs, strict=True))
+    return ScoreFile(
+        logits=fused,
+        labels=runs[0].labels,
+        sample_ids=runs[0].sample_ids,
+        path=" + ".join(run.path for run in runs),
+        metadata={"members": [run.path for run in runs], "weights": [float(w) for w in weights]},
+    )

@@ -66,6 +66,28 @@ def extra_inputs(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(type(model), "extra_inputs", ()))
 
 
+def model_inputs(model: nn.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+    """x and the backbone's extra keyword inputs from a batch, naming what a batch lacks."""
+    missing = [k for k in ("x", *extra_inputs(model)) if k not in batch]
+    if missing:
+        raise KeyError(
+            f"{type(model).__name__} needs the input(s) {missing} but the batch holds "
+            f"{sorted(batch)}; for 'joint' set config.data.keep_joint=True"
+        )
+    return batch["x"], {k: batch[k] for k in extra_inputs(model)}
+
+
+def cast_floats(tree, dtype: jnp.dtype):
+    """Floating leaves of a pytree in `dtype`: the compute copy of float32 parameters and inputs.
+
+    Mixed precision keeps parameters, optimizer state, BatchNorm statistics and banks in
+    float32 and runs the network in `dtype`; gradients flow back through the cast in float32.
+    """
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
 def example_inputs(model: nn.Module, dataset: str, batch: int = 1) -> dict[str, jax.Array]:
     """Zeros of the official input shapes, as keyword arguments: x (N, C, T, V, M) and any
     extra input (3 coordinate channels)."""

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank
 from csre_jax.training.state import TrainState, backbone_variables
+from csre_jax.workdir import BEST, RunFolder
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -81,7 +82,7 @@ class Checkpointer:
     def __init__(self, workdir: Path, keep: int = 2):
         workdir = Path(workdir).absolute()
         self._latest = ocp.CheckpointManager(
-            workdir / "checkpoints",
+            RunFolder(workdir).checkpoints,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
@@ -89,7 +90,7 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
         self._best = ocp.CheckpointManager(
-            workdir / "best",
+            RunFolder(workdir).best,
             item_names=("variables", "metrics"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
         )
@@ -139,7 +140,7 @@ class Checkpointer:
                     state.banks[name], target.banks[name], shardings.banks[name]
                 )
         except (ValueError, KeyError, TypeError) as error:
-            directory = self._workdir / "checkpoints" / str(step)
+            directory = RunFolder(self._workdir).checkpoints / str(step)
             raise ValueError(_shape_mismatch_message(directory, error)) from error
         return state
 
@@ -178,7 +179,7 @@ def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no checkpoint folder here; pass a run's --workdir")
-    item = "variables" if directory.name == "best" else "state"
+    item = "variables" if directory.name == BEST else "state"
     with ocp.CheckpointManager(directory, item_names=(item,)) as manager:
         step = manager.latest_step()
         if step is None:

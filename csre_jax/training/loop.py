@@ -2,42 +2,44 @@
 
 Evaluation every `eval_every_epochs`, the latest state checkpointed every epoch (and every
 `checkpoint_every_steps`), the best backbone kept for eval.py, and the best model's test
-scores (and, with a held-out validation split, its validation scores) in workdir/scores/.
+scores (and, with a held-out validation split, its validation scores) in the run folder
+(csre_jax.workdir).
 """
 
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from csre_jax import models
-from csre_jax.csre.bank import create_bank, create_queue
-from csre_jax.csre.loss import ContrastConfig
+from csre_jax import models, sharding
 from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
+from csre_jax.csre.objective import bank_names, contrast_config, create_banks
 from csre_jax.data.datasets import Dataset, load_dataset
 from csre_jax.data.pipeline import steps_per_epoch, train_dataset
-from csre_jax.evaluate.predict import predict
-from csre_jax.evaluate.scores import save_scores, topk_accuracy
+from csre_jax.evaluate.scoring import (
+    EvalStep,
+    SplitScores,
+    compile_eval_step,
+    score_dataset,
+    score_metadata,
+    write_score_files,
+)
 from csre_jax.fileio import atomic_write
-from csre_jax.training import optimizer, parallel
+from csre_jax.training import optimizer
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.metrics import MetricWriter, mean_metrics
-from csre_jax.training.state import TrainState
-from csre_jax.training.step import make_eval_step, make_train_step
-
-
-def bank_names(csre: ConfigDict) -> tuple[str, ...]:
-    """config.csre.banks is 'none' or names joined by '+', e.g. 'spatial+temporal'."""
-    return () if csre.banks in ("", "none") else tuple(csre.banks.split("+"))
+from csre_jax.training.state import TrainState, state_sharding
+from csre_jax.training.step import make_train_step
+from csre_jax.workdir import RunFolder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,22 +53,19 @@ class Experiment:
     mesh: jax.sharding.Mesh
     steps_per_epoch: int
     schedule: optax.Schedule
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformationExtraArgs
 
     @property
     def total_steps(self) -> int:
         return self.config.num_epochs * self.steps_per_epoch
 
+    @property
+    def compute_dtype(self) -> str:
+        return self.config.get("compute_dtype", "float32")
 
-def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
-    """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
-    dataset = dataset or load_dataset(config.data)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    for name in ("batch_size", "eval_batch_size"):
-        if config.data[name] % mesh.size:
-            raise ValueError(
-                f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
-            )
+
+def build_backbone(config: ConfigDict, dataset: Dataset) -> nn.Module:
+    """The configured backbone for the dataset's skeleton and classes."""
     backbone = models.create_model(
         config.model.name,
         num_classes=dataset.train.num_classes,
@@ -79,6 +78,25 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
             f"model.name={config.model.name!r} needs the input(s) {sorted(missing)}, which the "
             "data pipeline does not provide: set config.data.keep_joint=True"
         )
+    return backbone
+
+
+def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
+    """The mesh of config.num_devices devices (0: all), which must split every batch."""
+    mesh = sharding.make_mesh(config.num_devices or None)
+    for name in ("batch_size", "eval_batch_size"):
+        if config.data[name] % mesh.size:
+            raise ValueError(
+                f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
+            )
+    return mesh
+
+
+def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
+    """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
+    dataset = dataset or load_dataset(config.data)
+    mesh = make_mesh(config)
+    backbone = build_backbone(config, dataset)
     model = ContrastiveClassifier(
         backbone, bank_names(config.csre), config.csre.dim, config.csre.reduction
     )
@@ -90,18 +108,12 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
 def init_state(exp: Experiment) -> TrainState:
     """Fresh parameters (or model.init_checkpoint's official weights), empty banks (one slot
     per training sample, or queues of csre.bank_size rows), placed on the mesh."""
-    slot_labels, csre = exp.dataset.train.labels, exp.config.csre
-    banks = {
-        name: create_queue(
-            csre.bank_size,
-            csre.dim,
-            batch_size=exp.config.data.batch_size,
-            pad_to_multiple=exp.mesh.size,
-        )
-        if csre.bank_size
-        else create_bank(slot_labels, csre.dim, pad_to_multiple=exp.mesh.size)
-        for name in exp.model.banks
-    }
+    banks = create_banks(
+        exp.config.csre,
+        exp.dataset.train.labels,
+        batch_size=exp.config.data.batch_size,
+        pad_to_multiple=exp.mesh.size,
+    )
     rng = jax.random.key(exp.config.seed)
     init_rng, state_rng = jax.random.split(rng)
     sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.dataset.input_shapes().items()}
@@ -117,78 +129,66 @@ def init_state(exp: Experiment) -> TrainState:
         banks=banks,
         rng=state_rng,
     )
-    return parallel.put(state, parallel.state_sharding(state, exp.mesh))
+    return sharding.put(state, state_sharding(state, exp.mesh))
 
 
-def _contrast_config(csre: ConfigDict) -> ContrastConfig:
-    return ContrastConfig(
-        num_positives=csre.num_positives,
-        num_negatives=csre.num_negatives,
-        temperature=csre.temperature,
-        positive_sampling=csre.positive_sampling,
-        negative_sampling=csre.negative_sampling,
-    )
-
-
-def compile_steps(exp: Experiment, state: TrainState):
+def compile_steps(exp: Experiment, state: TrainState) -> tuple[Callable, EvalStep]:
     """The jitted train step (state donated, banks kept row-sharded) and eval step."""
-    shardings = parallel.state_sharding(state, exp.mesh)
+    shardings = state_sharding(state, exp.mesh)
     train_step = jax.jit(
         make_train_step(
-            exp.model,
-            exp.tx,
-            exp.schedule,
-            _contrast_config(exp.config.csre),
-            exp.config.csre.weight,
-            exp.config.loss.label_smoothing,
-            jnp.dtype(exp.config.get("compute_dtype", "float32")),
+            model=exp.model,
+            tx=exp.tx,
+            schedule=exp.schedule,
+            contrast=contrast_config(exp.config.csre),
+            contrast_weight=exp.config.csre.weight,
+            label_smoothing=exp.config.loss.label_smoothing,
+            compute_dtype=jnp.dtype(exp.compute_dtype),
         ),
-        in_shardings=(shardings, parallel.batch_sharding(exp.mesh)),
-        out_shardings=(shardings, parallel.replicated(exp.mesh)),
+        in_shardings=(shardings, sharding.batch_sharding(exp.mesh)),
+        out_shardings=(shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
     )
-    eval_step = jax.jit(
-        make_eval_step(exp.backbone, jnp.dtype(exp.config.get("compute_dtype", "float32"))),
-        in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)),
-        out_shardings=parallel.replicated(exp.mesh),
-    )
-    return train_step, eval_step
+    return train_step, compile_eval_step(exp.backbone, exp.mesh, exp.compute_dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-    """A backbone's outputs on one split: per-sample logits and pooled features, accuracies."""
-
-    logits: np.ndarray
-    features: np.ndarray
-    top1: float  # %
-    top5: float  # %
+def backbone_shapes(backbone: nn.Module, dataset: Dataset) -> dict:
+    """The backbone's variables as shapes, without computing them: what a checkpoint of it
+    is checked against."""
+    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in dataset.input_shapes().items()}
+    return jax.eval_shape(lambda: backbone.init(jax.random.key(0), **sample, train=False))
 
 
 def evaluate(
-    exp: Experiment, eval_step, variables, split: str = "test", show_progress: bool = False
-) -> Evaluation:
+    exp: Experiment, eval_step: EvalStep, variables, split: str = "test", show_progress=False
+) -> SplitScores:
     """Backbone variables on the test split, or on the held-out validation split ('val')."""
-    samples = exp.dataset.test if split == "test" else exp.dataset.val
-    logits, features = predict(
+    return score_dataset(
         eval_step,
         variables,
-        samples,
+        exp.dataset,
+        split,
         batch_size=exp.config.data.eval_batch_size,
         mesh=exp.mesh,
-        transform=exp.dataset.test_transform,
         show_progress=show_progress,
     )
-    top1, top5 = (100 * topk_accuracy(logits, samples.labels, k) for k in (1, 5))
-    return Evaluation(logits, features, top1, top5)
 
 
-def _write_config(config: ConfigDict, workdir: Path) -> None:
+def save_score_files(
+    exp: Experiment, eval_step: EvalStep, variables, test: SplitScores, path: Path, source: str
+) -> None:
+    """The test score file of an evaluated model and, with a held-out validation split, that
+    model's validation score file beside it."""
+    val = evaluate(exp, eval_step, variables, "val") if exp.dataset.val is not None else None
+    write_score_files(path, score_metadata(exp.config, source), exp.dataset, test, val)
+
+
+def _write_config(config: ConfigDict, run: RunFolder) -> None:
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        run.config.write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
-def _write_validation_split(exp: Experiment, workdir: Path) -> None:
+def _write_validation_split(exp: Experiment, run: RunFolder) -> None:
     """Records which training samples were held out, so ensembles can check it."""
     if jax.process_index() != 0 or exp.dataset.val is None:
         return
@@ -201,7 +201,7 @@ def _write_validation_split(exp: Experiment, workdir: Path) -> None:
         "num_train_samples": exp.dataset.full_train_size,
         "indices": exp.dataset.val_ids.tolist(),
     }
-    with atomic_write(workdir / "validation_split.json") as tmp:
+    with atomic_write(run.validation_split) as tmp:
         tmp.write_text(json.dumps(record) + "\n")
 
 
@@ -217,24 +217,29 @@ def train_batches(exp: Experiment):
     )
 
 
+def _is_time(count: int, every: int) -> bool:
+    """Whether a periodic action (every `every` steps or epochs; 0: never) is due."""
+    return bool(every) and count % every == 0
+
+
 def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     """Trains (resuming from workdir if it holds a checkpoint); returns the best eval metrics.
 
     The best model's test scores (and validation scores, with a held-out split) are written
-    to workdir/scores/ whenever an evaluation improves on the best so far.
+    to the run folder whenever an evaluation improves on the best so far.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(workdir)
+    run.root.mkdir(parents=True, exist_ok=True)
     exp = build(config)
-    _write_config(config, workdir)
-    _write_validation_split(exp, workdir)
+    _write_config(config, run)
+    _write_validation_split(exp, run)
     state = init_state(exp)
     train_step, eval_step = compile_steps(exp, state)
     batches = train_batches(exp)
-    checkpointer = Checkpointer(workdir)
+    checkpointer = Checkpointer(run.root)
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, parallel.state_sharding(state, exp.mesh), batches)
-    writer = MetricWriter(workdir)
+        state = checkpointer.restore(state, state_sharding(state, exp.mesh), batches)
+    writer = MetricWriter(run.root)
     best = checkpointer.best_metrics()
     step = int(jax.device_get(state.step))
     window, epoch_history, tick = [], [], time.perf_counter()
@@ -242,11 +247,13 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
         total=exp.total_steps, initial=step, desc="train", disable=jax.process_index() != 0
     ) as bar:
         while step < exp.total_steps:
-            state, metrics = train_step(state, parallel.global_batch(next(batches), exp.mesh))
+            state, metrics = train_step(state, sharding.global_batch(next(batches), exp.mesh))
             step += 1
+            bar.update(1)
             window.append(metrics)
             epoch_end = step % exp.steps_per_epoch == 0
-            if step % config.log_every_steps == 0 or epoch_end:
+
+            if _is_time(step, config.log_every_steps) or epoch_end:
                 values = mean_metrics(window)
                 now = time.perf_counter()
                 values["samples_per_second"] = len(window) * config.data.batch_size / (now - tick)
@@ -254,79 +261,33 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
                 bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.2f}")
                 epoch_history += window
                 window, tick = [], now
-            bar.update(1)
-            if epoch_end:
-                epoch = step // exp.steps_per_epoch
-                values = mean_metrics(epoch_history) | {"epoch": epoch}
-                epoch_history = []
-                if epoch % config.eval_every_epochs == 0 or step == exp.total_steps:
-                    variables = state.backbone_variables()
-                    test = evaluate(exp, eval_step, variables)
-                    scores = {"top1": test.top1, "top5": test.top5}
-                    values |= {f"test_{k}": v for k, v in scores.items()}
-                    if best is None or scores["top1"] > best["top1"]:
-                        best = scores | {"epoch": epoch}
-                        checkpointer.save_best(step, variables, best)
-                        save_score_files(
-                            exp,
-                            eval_step,
-                            variables,
-                            test,
-                            workdir / "scores" / "test_scores.npz",
-                            f"{workdir / 'best'} step {step}",
-                        )
-                    bar.write(
-                        f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
-                        f"(best {best['top1']:.2f}% at epoch {best['epoch']})"
-                    )
-                writer.write("epoch", step, values)
-                checkpointer.save(state, batches)
-                tick = time.perf_counter()
-            elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                checkpointer.save(state, batches)
+
+            if not epoch_end:
+                if _is_time(step, config.checkpoint_every_steps):
+                    checkpointer.save(state, batches)
+                continue
+
+            epoch = step // exp.steps_per_epoch
+            values = mean_metrics(epoch_history) | {"epoch": epoch}
+            epoch_history = []
+            if _is_time(epoch, config.eval_every_epochs) or step == exp.total_steps:
+                variables = state.backbone_variables()
+                test = evaluate(exp, eval_step, variables)
+                scores = {"top1": test.top1, "top5": test.top5}
+                values |= {f"test_{k}": v for k, v in scores.items()}
+                if best is None or scores["top1"] > best["top1"]:
+                    best = scores | {"epoch": epoch}
+                    checkpointer.save_best(step, variables, best)
+                    source = f"{run.best} step {step}"
+                    save_score_files(exp, eval_step, variables, test, run.test_scores, source)
+                bar.write(
+                    f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
+                    f"(best {best['top1']:.2f}% at epoch {best['epoch']})"
+                )
+            writer.write("epoch", step, values)
+            checkpointer.save(state, batches)
+            tick = time.perf_counter()
     checkpointer.wait()
     checkpointer.close()
     multihost_utils.sync_global_devices("train_and_evaluate done")
     return best or {}
-
-
-def val_scores_path(test_path: Path) -> Path:
-    """scores/test_scores*.npz -> scores/val_scores*.npz (else <name>_val.npz)."""
-    name = test_path.name
-    if name.startswith("test_"):
-        return test_path.with_name("val_" + name.removeprefix("test_"))
-    return test_path.with_name(f"{test_path.stem}_val{test_path.suffix}")
-
-
-def save_score_files(
-    exp: Experiment, eval_step, variables, test: Evaluation, test_path: Path, source: str
-) -> None:
-    """The test score file of an evaluated model and, when the dataset holds out a
-    validation split, that model's validation score file (val_scores_path); process 0
-    writes them."""
-    data = exp.config.data
-    metadata = {
-        "dataset": data.name,
-        "benchmark": data.get("benchmark", ""),
-        "stream": data.get("stream", "joint"),
-        "model": exp.config.model.name,
-        "checkpoint": source,
-    }
-    val = evaluate(exp, eval_step, variables, "val") if exp.dataset.val is not None else None
-    if jax.process_index() != 0:
-        return
-    save_scores(
-        test_path,
-        test.logits,
-        exp.dataset.test.labels,
-        metadata | {"split": "test", "top1": test.top1},
-        features=test.features,
-    )
-    if val is not None:
-        save_scores(
-            val_scores_path(test_path),
-            val.logits,
-            exp.dataset.val.labels,
-            metadata | {"split": "val", "top1": val.top1},
-            sample_ids=exp.dataset.val_ids,
-        )

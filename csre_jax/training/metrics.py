@@ -7,12 +7,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from csre_jax.workdir import RunFolder
+
 
 class MetricWriter:
     """Appends {'kind': ..., 'step': ..., **values} records to workdir/metrics.jsonl."""
 
     def __init__(self, workdir: Path):
-        self._path = Path(workdir) / "metrics.jsonl"
+        self._path = RunFolder(workdir).metrics
         self._active = jax.process_index() == 0
 
     def write(self, kind: str, step: int, values: dict[str, float]) -> None:
@@ -32,6 +34,6 @@ def mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 
 def read_metrics(workdir: Path, kind: str | None = None) -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
+    path = RunFolder(workdir).metrics
     records = [json.loads(line) for line in path.read_text().splitlines() if line]
     return [r for r in records if kind is None or r["kind"] == kind]

@@ -1,6 +1,6 @@
 """The official optimisers and epoch-wise learning-rate schedules, built from config.optim.
 
-The recipes set the learning rate once per epoch (recipes.md §1), so every schedule is a
+The official recipes set the learning rate once per epoch, so every schedule is a
 function of the epoch index floor(step / steps_per_epoch). The GCN recipes use SGD with
 Nesterov momentum and a warm-up/step schedule; HCN's uses Adam with an exponential decay
 and gradient-norm clipping.

@@ -4,7 +4,10 @@ from typing import Any
 
 import jax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from csre_jax import sharding
 from csre_jax.csre.bank import MemoryBank
 
 
@@ -24,3 +27,10 @@ class TrainState:
 def backbone_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     """What evaluation needs: the backbone without the training-only heads."""
     return {"params": params["backbone"], "batch_stats": batch_stats.get("backbone", {})}
+
+
+def state_sharding(state: TrainState, mesh: Mesh) -> TrainState:
+    """Banks split by rows over the data axis; parameters, optimizer state, rng replicated."""
+    rows = NamedSharding(mesh, P(sharding.DATA_AXIS))
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+    return shardings.replace(banks=jax.tree.map(lambda _: rows, state.banks))

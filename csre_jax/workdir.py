@@ -1,0 +1,72 @@
+"""The run folder that train.py writes and eval.py reads, named in one place.
+
+<workdir>/config.json              the config the run was started with
+<workdir>/validation_split.json    the training samples held out for validation
+<workdir>/metrics.jsonl            step and epoch records
+<workdir>/checkpoints/<step>/      the latest train state and data position (resume)
+<workdir>/best/<step>/             the best model's backbone variables (eval.py)
+<workdir>/scores/test_scores.npz   the best model's test scores
+<workdir>/scores/val_scores.npz    its validation scores (with a held-out split)
+<workdir>/scores/test_scores_<which>.npz  eval.py --workdir's scores of the best or latest
+                                   model (and val_scores_<which>.npz)
+"""
+
+import dataclasses
+from pathlib import Path
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def validation_split(self) -> Path:
+        return self.root / "validation_split.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST
+
+    @property
+    def test_scores(self) -> Path:
+        return self.root / "scores" / "test_scores.npz"
+
+    @property
+    def val_scores(self) -> Path:
+        return val_scores_path(self.test_scores)
+
+    def rescored_test_scores(self, which: str) -> Path:
+        """Where eval.py --workdir writes its scores of the 'best' or 'latest' model."""
+        return self.test_scores.with_name(f"test_scores_{which}.npz")
+
+    def checkpoint_folder(self, which: str) -> Path:
+        """'best' or 'latest': where that model's checkpoints are."""
+        return self.best if which == "best" else self.checkpoints
+
+
+def val_scores_path(test_path: Path) -> Path:
+    """The validation score file that goes with a test score file:
+    scores/test_scores*.npz -> scores/val_scores*.npz (else <name>_val.npz)."""
+    test_path = Path(test_path)
+    name = test_path.name
+    if name.startswith("test_"):
+        return test_path.with_name("val_" + name.removeprefix("test_"))
+    return test_path.with_name(f"{test_path.stem}_val{test_path.suffix}")
