@@ -1,45 +1,16 @@
 """2S-AGCN + CSRE with CTR-GCN's recipe, as SkeletonGCL trains 2S-AGCN (OliverHxh/SkeletonGCL
-config/*/agcn.yaml; recipes.md §4), CSRE added on top.
+config/*/agcn.yaml), CSRE added on top: configs/ctrgcn.py with the other backbone.
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg as configs/ctrgcn.py's, e.g.:
   python train.py --config=configs/agcn.py:ntu60,xview,bone --workdir=runs/agcn_ntu60_xview_bone
 """
 
 from ml_collections import ConfigDict
 
-from configs import common
+from configs import ctrgcn
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    picked = common.parse_experiment_arg(arg)
-    ucla = picked["dataset"] == "ucla"
-    config = common.base_config()
-    common.set_data(config, picked)
-
-    config.model.name = "agcn"
-    config.model.kwargs = ConfigDict()  # the official widths (base_channels 64)
-
-    config.seed = 1
-    config.num_epochs = 65
-    config.data.feeder_variant = "ctrgcn"  # CTR-GCN's data pipeline
-    config.data.batch_size = 16 if ucla else 64
-    config.data.eval_batch_size = 64 if ucla else 256
-    config.loss.label_smoothing = 0.0
-    config.optim.name = "sgd"
-    config.optim.base_lr = 0.1
-    config.optim.momentum = 0.9
-    config.optim.nesterov = True
-    config.optim.weight_decay = 1e-4 if ucla else 4e-4
-    config.optim.lr_decay = "step"
-    config.optim.warmup_epochs = 5
-    config.optim.milestones = (50,) if ucla else (35, 55)
-    config.optim.decay = 0.1
-    config.optim.clip_norm = 0.0
-
-    if picked["scale"] == "tiny":
-        common.shrink_to_tiny(config)
-        config.model.kwargs.base_channels = 8
+    config = ctrgcn.get_config(arg)
+    config.model.name = "agcn"  # the official widths (base_channels 64); tiny: 8, as CTR-GCN
     return config

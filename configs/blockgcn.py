@@ -1,5 +1,5 @@
-"""BlockGCN + CSRE with BlockGCN's own recipe (ZhouYuxuanYX/BlockGCN config/*; recipes.md
-§5), CSRE added on top. BlockGCN is also fed the absolute joints.
+"""BlockGCN + CSRE with BlockGCN's own recipe (ZhouYuxuanYX/BlockGCN config/*), CSRE
+added on top. BlockGCN is also fed the absolute joints.
 
 Arg, comma-separated in any order, each optional (default first): the dataset
 ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream

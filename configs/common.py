@@ -53,7 +53,7 @@ def parse_experiment_arg(arg: str | None) -> dict[str, str]:
 
 
 def base_config() -> ConfigDict:
-    """Defaults: the official CSRE loss and the CTR-GCN training recipe (recipes.md §3)."""
+    """Defaults: the official CSRE loss and the CTR-GCN training recipe."""
     config = ConfigDict()
     config.seed = 1
     config.num_devices = 0  # 0: every visible device
@@ -114,7 +114,7 @@ def base_config() -> ConfigDict:
 
 
 def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
-    """Where the dataset lives and the official feeder settings (data.md §5-6); the batch
+    """Where the dataset lives and the official feeder settings; the batch
     sizes and the feeder variant are part of each backbone's recipe."""
     data = config.data
     data.name = picked["dataset"]

@@ -1,5 +1,5 @@
-"""CTR-GCN + CSRE with CTR-GCN's own recipe (Uason-Chen/CTR-GCN config/*/default.yaml;
-recipes.md §3), CSRE added on top.
+"""CTR-GCN + CSRE with CTR-GCN's own recipe (Uason-Chen/CTR-GCN config/*/default.yaml),
+CSRE added on top.
 
 Arg, comma-separated in any order, each optional (default first): the dataset
 ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream

@@ -1,4 +1,4 @@
-"""InfoGCN (k = 1) + CSRE with InfoGCN's own recipe (stnoah1/infogcn args.py; recipes.md §5),
+"""InfoGCN (k = 1) + CSRE with InfoGCN's own recipe (stnoah1/infogcn args.py),
 trained with label-smoothed cross-entropy plus CSRE, without the information-bottleneck terms.
 
 Arg, comma-separated in any order, each optional (default first): the dataset
