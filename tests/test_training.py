@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic
+from csre_jax.cli import load_config_file
+from csre_jax.data.transforms import STREAMS
 from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
 from csre_jax.training.metrics import read_metrics
@@ -209,6 +212,21 @@ def test_config_arguments_pick_benchmark_and_stream():
         ctrgcn.get_config("ucla,xsub")
     with pytest.raises(ValueError, match="unknown config argument 'nt60'"):
         ctrgcn.get_config("nt60")
+
+
+def test_every_config_the_readme_names_loads():
+    """The README's commands name configs as `--config=configs/<file>.py:<arg>`: each loads
+    as train.py would load it, with the dataset, benchmark and stream its arg names."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    specs = sorted(set(re.findall(r"--config=(configs/\w+\.py(?::[\w,]+)?)", readme)))
+    assert len(specs) >= 8, specs
+    for spec in specs:
+        config = load_config_file(spec)
+        tokens = spec.partition(":")[2].split(",")
+        named = {config.data.name, config.data.get("benchmark"), config.data.stream}
+        for token in tokens:
+            if token in ("ntu60", "ntu120", "ucla", "xsub", "xset", "xview", *STREAMS):
+                assert token in named or config.data.name == "synthetic", (spec, token)
 
 
 def test_bfloat16_compute_keeps_float32_state_and_close_logits():
