@@ -1,10 +1,8 @@
 """BlockGCN + CSRE with BlockGCN's own recipe (ZhouYuxuanYX/BlockGCN config/*), CSRE
 added on top. BlockGCN is also fed the absolute joints.
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg: dataset, benchmark, stream and scale, as configs/common.parse_experiment_arg reads
+it, e.g.
   python train.py --config=configs/blockgcn.py:ucla,tiny --workdir=runs/blockgcn_tiny
 """
 

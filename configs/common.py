@@ -35,8 +35,12 @@ def parse_arg(arg: str | None, **choices: Sequence[str]) -> dict[str, str]:
 def parse_experiment_arg(arg: str | None) -> dict[str, str]:
     """'ntu120,xset,bone' -> dataset ntu120, benchmark xset, stream bone, scale full.
 
-    Defaults: ntu60, the dataset's first benchmark (xsub), joint, full. NW-UCLA has a single
-    split and takes no benchmark; a benchmark of another dataset (ntu60 with xset) is an error.
+    Comma-separated in any order, each optional: the dataset ntu60|ntu120|ucla, the benchmark
+    xsub|xview (ntu60) or xsub|xset (ntu120), the stream joint|bone|joint_motion|bone_motion,
+    the scale full|tiny ('tiny' trains a small model on synthetic skeletons of the dataset's
+    layout). Defaults: ntu60, the dataset's first benchmark (xsub), joint, full. NW-UCLA has
+    a single split and takes no benchmark; a benchmark of another dataset (ntu60 with xset) is
+    an error.
     """
     tokens = [t.strip() for t in (arg or "").split(",")]
     dataset = ([t for t in tokens if t in DATASETS] or [DATASETS[0]])[-1]

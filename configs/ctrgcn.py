@@ -1,10 +1,8 @@
 """CTR-GCN + CSRE with CTR-GCN's own recipe (Uason-Chen/CTR-GCN config/*/default.yaml),
 CSRE added on top.
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg: dataset, benchmark, stream and scale, as configs/common.parse_experiment_arg reads
+it, e.g.
   python train.py --config=configs/ctrgcn.py:ntu120,xset,bone --workdir=runs/ntu120_xset_bone
 """
 

@@ -1,10 +1,8 @@
 """HCN + CSRE with HCN-pytorch's recipe (huguyuehuhu/HCN-pytorch, NTU params.json of HCN02:
 window 64), CSRE added on top; see csre_jax/models/hcn.py for where the CSRE head attaches.
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg: dataset, benchmark, stream and scale, as configs/common.parse_experiment_arg reads
+it, e.g.
   python train.py --config=configs/hcn.py:ntu60,xsub,joint --workdir=runs/hcn_ntu60
 """
 

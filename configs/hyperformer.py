@@ -1,10 +1,8 @@
 """Hyperformer + CSRE as released (zhshj0110/CSRE config/*/*.yaml and main.py, which are
 Hyperformer's).
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg: dataset, benchmark, stream and scale, as configs/common.parse_experiment_arg reads
+it, e.g.
   python train.py --config=configs/hyperformer.py:ntu60,xsub --workdir=runs/ntu60
   python train.py --config=configs/hyperformer.py:ucla,tiny --workdir=runs/hyperformer_tiny
 """

@@ -1,10 +1,8 @@
 """InfoGCN (k = 1) + CSRE with InfoGCN's own recipe (stnoah1/infogcn args.py),
 trained with label-smoothed cross-entropy plus CSRE, without the information-bottleneck terms.
 
-Arg, comma-separated in any order, each optional (default first): the dataset
-ntu60|ntu120|ucla, the benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
-joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
-synthetic skeletons of the dataset's layout):
+Arg: dataset, benchmark, stream and scale, as configs/common.parse_experiment_arg reads
+it, e.g.
   python train.py --config=configs/infogcn.py:ntu120,xsub,joint --workdir=runs/infogcn_ntu120
 """
 

@@ -364,9 +364,8 @@ def _momentum_widening(replayer, k, ours, official, runs) -> dict[str, float]:
     optimizer skipped has no gradient to compare). The gradient each side used is its new
     buffer minus momentum x the old buffer minus weight decay x the old weights."""
     optim = replayer.exp.config.optim
-    _, _, old_momentum, _ = replayer.official(k)
-    old_params = _flat(replayer.official(k)[0])
-    old_momentum = _flat(old_momentum)
+    params, _, momentum, _ = replayer.official(k)
+    old_params, old_momentum = _flat(params), _flat(momentum)
 
     def gradient(buffers, name):
         return (
