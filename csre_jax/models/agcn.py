@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import ctrgcn, graphs
 from csre_jax.models.ctrgcn import CTRGCN
 from csre_jax.models.layers import UnitTCN, graph_conv_output, kaiming_fan_out
@@ -52,13 +53,13 @@ class UnitGCN(nn.Module):
     """
 
     channels: int
-    graph: str
+    layout: Layout | str
 
     @nn.compact
     def __call__(self, x, train: bool):
         n, t, v, cin = x.shape
         ic = self.channels // 4
-        a_fixed = graphs.spatial_partition(self.graph)  # not a parameter in the official code
+        a_fixed = graphs.spatial_partition(self.layout)  # not a parameter in the official code
         pa = self.param("PA", nn.initializers.constant(1e-6), a_fixed.shape)
         embed = [
             Conv1x1Weights(ic, name=f"conv_{ab}_{s}") for ab in "ab" for s in range(NUM_SUBSETS)
@@ -89,7 +90,7 @@ class TCNGCN(ctrgcn.TCNGCN):
     """
 
     def gcn_unit(self) -> nn.Module:
-        return UnitGCN(self.channels, self.graph, name="gcn1")
+        return UnitGCN(self.channels, self.layout, name="gcn1")
 
     def tcn_unit(self) -> nn.Module:
         return UnitTCN(self.channels, TEMPORAL_KERNEL, stride=self.stride, name="tcn1")
@@ -103,9 +104,12 @@ class AGCN(CTRGCN):
     block: ClassVar[type[nn.Module]] = TCNGCN
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> AGCN:
-    """Registry constructor: "ntu" is the 2s-AGCN/CTR-GCN NTU graph, "ucla" the NW-UCLA one."""
-    return AGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> AGCN:
+    """Registry constructor: the graph is the layout's own (the `ntu` layout has 2s-AGCN's
+    NTU edges, `ucla` the NW-UCLA ones)."""
+    return AGCN(
+        num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs
+    )
 
 
 # The same keys as CTR-GCN's: module names follow the torch attributes, fc is the only Linear.

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
@@ -27,14 +28,14 @@ from csre_jax.models.layers import (
 
 NUM_SUBSETS = 3
 NUM_TOPO_ELEMENTS = 64  # StructureElementLayer(n_elements=64); TopoTrans maps 64 -> C
-GRAPHS = {"ntu": "ntu_hyperformer", "ucla": "ucla"}
 
 
 def mst_edge_lengths(points: jax.Array) -> jax.Array:
     """(P, D) points -> (P - 1,) edge lengths of their Euclidean minimum spanning tree.
 
     Prim's algorithm in a fori_loop, so it jits; only the multiset of lengths is meaningful.
-    Distances are plain differences, as torch.cdist computes them for up to 25 points.
+    Distances are plain differences, as torch.cdist computes them for up to 25 points (for
+    more, torch.cdist switches to a matmul form that differs in rounding only).
     """
     dist = jnp.sqrt(jnp.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1))
     num = points.shape[0]
@@ -51,14 +52,14 @@ def mst_edge_lengths(points: jax.Array) -> jax.Array:
 
 
 def persistence_deaths(joint: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Finite 0-dim VR deaths of each sample of joint (N, 3, T, V, M): ((N, V-1), valid mask).
+    """Finite 0-dim VR deaths of each sample of joint (N, C, T, V, M): ((N, V-1), valid mask).
 
     Joints are averaged over persons and time, their pairwise distances (N, V, V) are min-max
     scaled with the min and max of the whole batch, and the V rows of each sample's matrix are
     taken as points in R^V. Births are 0 and the deaths are the MST edge lengths; zero-length
     edges (duplicate points) give no pair, so they are marked invalid.
     """
-    centre = joint.mean(axis=(2, 4))  # (N, 3, V)
+    centre = joint.mean(axis=(2, 4))  # (N, C, V)
     dist = jnp.sqrt(jnp.sum((centre[:, :, :, None] - centre[:, :, None, :]) ** 2, axis=1))
     dist = (dist - dist.min()) / (dist.max() - dist.min())
     deaths = jax.vmap(mst_edge_lengths)(dist)
@@ -137,14 +138,14 @@ class BlockGC(nn.Module):
     """
 
     channels: int
-    graph: str
+    layout: Layout | str
     num_heads: int = 8
 
     @nn.compact
     def __call__(self, x, train: bool):
         b, t, v, cin = x.shape
         heads = self.num_heads
-        hops = graphs.hop_distance(self.graph)
+        hops = graphs.hop_distance(self.layout)
         fc1 = self.param(
             "fc1", lambda key: jnp.tile(jnp.eye(v), (NUM_SUBSETS, heads, 1, 1))
         )  # identity per (subset, head)
@@ -162,13 +163,13 @@ class TCNGCN(nn.Module):
     """One block: ReLU(MS-TCN(BlockGC(x)) + residual(x)); the MS-TCN carries the stride."""
 
     channels: int
-    graph: str
+    layout: Layout | str
     num_heads: int
     stride: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = BlockGC(self.channels, self.graph, self.num_heads, name="gcn1")(x, train)
+        y = BlockGC(self.channels, self.layout, self.num_heads, name="gcn1")(x, train)
         y = MSTCN(self.channels, stride=self.stride, name="tcn1")(y, train)
         return block_output(y, x, self.stride, train)
 
@@ -180,7 +181,12 @@ def block_plan(base_channels: int) -> list[tuple[int, int]]:
 
 
 class BlockGCN(Backbone, kw_only=True):
-    """BlockGCN on x (N, C, T, V, M) and the absolute joints joint (N, 3, T, V, M).
+    """BlockGCN on x (N, C, T, V, M) and the absolute joints joint (N, C, T, V, M).
+
+    joint has x's in_channels: it is the skeleton the stream x was computed from, as the
+    data pipeline hands it over, and the topology takes every channel as a coordinate (for
+    x, y, score inputs the score too). The hop distances come from graphs.hyperformer_layout
+    (NTU: hand tip and thumb on the hand).
 
     Returns logits (N, num_classes), optionally with features: the l10 map as
     (N, M, T', V, C'), channels-last, rows n*M + m, for the CSRE head.
@@ -198,31 +204,31 @@ class BlockGCN(Backbone, kw_only=True):
 
     extra_inputs: ClassVar[tuple[str, ...]] = ("joint",)
 
-    graph: str
     base_channels: int = 128
     num_heads: int = 8
 
     @nn.compact
     def __call__(self, x, joint, train: bool = False, return_features: bool = False):
-        self.check_input(x, graphs.num_joints(self.graph))
+        self.check_input(x)
         n, c, t, v, m = x.shape
-        if joint.shape != (n, 3, t, v, m):
-            raise ValueError(f"BlockGCN expects joint {(n, 3, t, v, m)}, got {joint.shape}")
+        if joint.shape != x.shape:
+            raise ValueError(f"BlockGCN expects joint {x.shape} like x, got {joint.shape}")
         a_rows = jnp.tile(Topo(name="topo")(joint), (m, 1))  # row r gets a[r mod N]
         x = embed_joints(self, person_rows(x), self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
+        graph = graphs.hyperformer_layout(self.layout)
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
             topo = TopoTrans(x.shape[-1], name=f"t{i}")(a_rows, train)
-            block = TCNGCN(channels, self.graph, self.num_heads, stride, name=f"l{i + 1}")
+            block = TCNGCN(channels, graph, self.num_heads, stride, name=f"l{i + 1}")
             x = block(x + topo[:, None, None, :], train)
         return self.outputs(x, train, return_features)
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> BlockGCN:
-    """Registry constructor: NTU uses the Hyperformer hand edges, which fix the hop table."""
-    if dataset not in GRAPHS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(GRAPHS)}")
-    return BlockGCN(num_classes=num_classes, graph=GRAPHS[dataset], num_person=num_person, **kwargs)
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> BlockGCN:
+    """Registry constructor; the `ntu` layout gets the Hyperformer hand edges (hop table)."""
+    return BlockGCN(
+        num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs
+    )
 
 
 # Official state_dict key and layout kind of each Flax variable: these modules are the

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
@@ -45,16 +46,20 @@ class CTRGC(nn.Module):
 
 
 class UnitGCN(nn.Module):
-    """Sum of the three CTRGC subsets, BN (scale init 1e-6), plus a down-projection, ReLU."""
+    """Sum of the three CTRGC subsets, BN (scale init 1e-6), plus a down-projection, ReLU.
+
+    The official relation width is 8 for 3 or 9 input channels, else cin // 8; that would be
+    0 for a 2D input (x, y), which gets 8 too.
+    """
 
     channels: int
-    graph: str
+    layout: Layout | str
 
     @nn.compact
     def __call__(self, x, train: bool):
         cin = x.shape[-1]
-        rel_channels = 8 if cin in (3, 9) else cin // 8
-        pa = self.param("PA", lambda key: jnp.asarray(graphs.spatial_partition(self.graph)))
+        rel_channels = 8 if cin in (3, 9) or cin < 8 else cin // 8
+        pa = self.param("PA", lambda key: jnp.asarray(graphs.spatial_partition(self.layout)))
         alpha = self.param("alpha", nn.initializers.zeros, (1,))
         x_mean = x.mean(axis=1)
         y = sum(
@@ -71,12 +76,12 @@ class TCNGCN(nn.Module):
     """
 
     channels: int
-    graph: str
+    layout: Layout | str
     stride: int = 1
     residual: bool = True
 
     def gcn_unit(self) -> nn.Module:
-        return UnitGCN(self.channels, self.graph, name="gcn1")
+        return UnitGCN(self.channels, self.layout, name="gcn1")
 
     def tcn_unit(self) -> nn.Module:
         return MSTCN(self.channels, stride=self.stride, name="tcn1")
@@ -104,21 +109,22 @@ class CTRGCN(Backbone, kw_only=True):
     """
 
     block: ClassVar[type[nn.Module]] = TCNGCN
-    graph: str
     base_channels: int = 64
 
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
-        self.check_input(x, graphs.num_joints(self.graph))
+        self.check_input(x)
         x = normalized_person_rows(x, train)
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
-            block = self.block(channels, self.graph, stride, residual=i > 0, name=f"l{i + 1}")
+            block = self.block(channels, self.layout, stride, residual=i > 0, name=f"l{i + 1}")
             x = block(x, train)
         return x
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> CTRGCN:
-    """Registry constructor: CTR-GCN's graphs are named after the datasets."""
-    return CTRGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> CTRGCN:
+    """Registry constructor: the graph is the layout's own (for NTU, CTR-GCN's hand chain)."""
+    return CTRGCN(
+        num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs
+    )
 
 
 # Official state_dict key and layout kind of each Flax variable; fc is the only Linear.

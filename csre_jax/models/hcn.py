@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from csre_jax.models import graphs, torch_io
+from csre_jax.layouts import Layout, load_layout
+from csre_jax.models import torch_io
 from csre_jax.models.layers import Backbone, person_rows
 
 # Every Conv2d and Linear: Glorot-uniform over torch's fans (in/out x kernel area), bias 0.
@@ -98,13 +99,12 @@ class HCN(Backbone, kw_only=True):
     co-occurrence features averaged over time, the 'temporal' branch their time course.
     """
 
-    num_joints: int = 25
     out_channels: int = 64
     hidden: int = 512
     dropout: float = 0.5
 
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
-        self.check_input(x, self.num_joints)
+        self.check_input(x)
         n, c, t, v, m = x.shape
         if t < MIN_FRAMES:
             raise ValueError(f"HCN needs T >= {MIN_FRAMES} frames (four 2x2 pools), got {t}")
@@ -133,14 +133,10 @@ class HCN(Backbone, kw_only=True):
         return nn.Dense(self.num_classes, kernel_init=glorot, name="fc8")(h)
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> HCN:
-    """Registry constructor: the dataset fixes the joint count (conv3's input channels)."""
-    return HCN(
-        num_classes=num_classes,
-        num_person=num_person,
-        num_joints=graphs.num_joints(dataset),
-        **kwargs,
-    )
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> HCN:
+    """Registry constructor: the layout fixes the joint count (conv3's input channels); HCN
+    uses no edges."""
+    return HCN(num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs)
 
 
 # Official state_dict key and layout kind of each Flax variable; fc7.0 and fc8 are the Linears.

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
@@ -21,12 +22,11 @@ from csre_jax.models.layers import (
     torch_default_kernel,
 )
 
-DATASET_GRAPHS = {"ntu": "ntu_hyperformer", "ucla": "ucla"}
-# Joint groups (hyperedges) of the official configs. The NW-UCLA list is the joint/motion
-# one; the bone configs use another (UCLA_BONE_JOINT_LABEL), passed as `joint_label`.
+# Joint groups (hyperedges) of the official configs: the built-in layouts' parts, named here
+# for the configs. The NW-UCLA list is the joint/motion one; the bone configs use another
+# (UCLA_BONE_JOINT_LABEL), passed as `joint_label`.
 DEFAULT_JOINT_LABELS = {
-    "ntu_hyperformer": (0, 4, 2, 2, 2, 2, 1, 1, 2, 2, 1, 1, 2, 3, 3, 3, 2, 3, 3, 3, 1, 0, 1, 0, 1),
-    "ucla": (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2),
+    name: load_layout(name).joint_groups() for name in ("ntu_hyperformer", "ucla")
 }
 # NW-UCLA groups of the bone and bone-motion configs (an inconsistency of the release, kept).
 UCLA_BONE_JOINT_LABEL = (0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 2, 2, 2, 0, 2, 2, 2)
@@ -61,13 +61,13 @@ class MHSA(nn.Module):
     num_heads: int
     head_dim: int
     proj_groups: int
-    graph: str
+    layout: Layout | str
 
     @nn.compact
     def __call__(self, x, e):
         h, d = self.num_heads, self.head_dim
         dim = h * d
-        hops = graphs.hop_distance(self.graph)
+        hops = graphs.hop_distance(self.layout)
         num_joints = hops.shape[0]
         rpe = self.param("rpe", nn.initializers.zeros, (int(hops.max()) + 1, dim))
         w1 = self.param("w1", nn.initializers.zeros, (h, d))
@@ -108,7 +108,7 @@ class UnitViT(nn.Module):
     num_heads: int
     head_dim: int
     proj_groups: int
-    graph: str
+    layout: Layout | str
     joint_label: tuple[int, ...]
 
     @nn.compact
@@ -118,7 +118,7 @@ class UnitViT(nn.Module):
         groups = jnp.einsum("btvc,vk->btkc", x, group_mean)
         e = jnp.einsum("btkc,kv->btvc", torch_conv1x1(dim, "pe_proj")(groups), to_joints)
         normed = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm1")(x)
-        att = MHSA(self.num_heads, self.head_dim, self.proj_groups, self.graph, name="attn")(
+        att = MHSA(self.num_heads, self.head_dim, self.proj_groups, self.layout, name="attn")(
             normed, e
         )
         skip = x if x.shape[-1] == dim else torch_conv1x1(dim, "skip_proj")(x)
@@ -131,7 +131,7 @@ class TCNViT(nn.Module):
     num_heads: int
     head_dim: int
     proj_groups: int
-    graph: str
+    layout: Layout | str
     joint_label: tuple[int, ...]
     stride: int = 1
 
@@ -142,7 +142,7 @@ class TCNViT(nn.Module):
             self.num_heads,
             self.head_dim,
             self.proj_groups,
-            self.graph,
+            self.layout,
             self.joint_label,
             name="vit1",
         )(x)
@@ -154,23 +154,21 @@ class Hyperformer(Backbone, kw_only=True):
     """Hyperformer on x (N, C, T, V, M); logits (N, num_classes), optionally with features.
 
     features: l10's map as (N, M, T', V, D), channels-last, where CSRE's STFD head attaches.
-    joint_label None means the graph's default groups (DEFAULT_JOINT_LABELS).
+    The hop distances come from graphs.hyperformer_layout (NTU: hand tip and thumb on the
+    hand). joint_label None means the layout's groups (Layout.joint_groups).
     """
 
-    graph: str
     num_heads: int = 9
     head_dim: int = 24
     proj_groups: int = 6
     joint_label: tuple[int, ...] | None = None
 
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
-        num_joints = graphs.num_joints(self.graph)
-        self.check_input(x, num_joints)
+        self.check_input(x)
+        num_joints = self.layout.num_joints
         joint_label = self.joint_label
         if joint_label is None:
-            if self.graph not in DEFAULT_JOINT_LABELS:
-                raise ValueError(f"no default joint_label for graph {self.graph!r}; pass one")
-            joint_label = DEFAULT_JOINT_LABELS[self.graph]
+            joint_label = self.layout.joint_groups()
         if len(joint_label) != num_joints:
             raise ValueError(f"joint_label has {len(joint_label)} entries for {num_joints} joints")
         x = normalized_person_rows(x, train)
@@ -179,7 +177,7 @@ class Hyperformer(Backbone, kw_only=True):
                 self.num_heads,
                 self.head_dim,
                 self.proj_groups,
-                self.graph,
+                graphs.hyperformer_layout(self.layout),
                 tuple(joint_label),
                 stride=2 if i in STRIDE_TWO_BLOCKS else 1,
                 name=f"l{i}",
@@ -187,12 +185,10 @@ class Hyperformer(Backbone, kw_only=True):
         return x
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> Hyperformer:
-    """Registry constructor: NTU uses the Hyperformer hand edges (tip and thumb on the hand)."""
-    if dataset not in DATASET_GRAPHS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_GRAPHS)}")
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> Hyperformer:
+    """Registry constructor; the `ntu` layout gets the Hyperformer hand edges."""
     return Hyperformer(
-        num_classes=num_classes, graph=DATASET_GRAPHS[dataset], num_person=num_person, **kwargs
+        num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs
     )
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csre_jax.layouts import BUILTIN_LAYOUTS, Layout, load_layout
 from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
@@ -30,26 +31,29 @@ _NTU_SPINE_EDGE = (1, 20)
 _xavier_relu = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 
 
-def outward_binary(graph: str) -> np.ndarray:
+def outward_binary(layout: Layout | str) -> np.ndarray:
     """The official A_outward_binary, (V, V) of 0/1.
 
-    NTU: A[child, parent] = 1 on the tree rooted at the spine middle. NW-UCLA: the official
-    pair list is read the other way round, so A[parent, child] = 1.
+    The `ntu` layout: A[child, parent] = 1 on the tree rooted at the spine middle. NW-UCLA:
+    the official pair list is read the other way round, so A[parent, child] = 1. Every other
+    layout follows the NW-UCLA rule on its (child, parent) edges: with k = 1 a joint becomes
+    itself minus the sum of its children, and a leaf keeps its absolute position.
     """
-    pairs = graphs.inward_pairs(graph)
-    v = graphs.num_joints(graph)
-    if graph == "ntu":
+    layout = load_layout(layout)
+    pairs = graphs.inward_pairs(layout)
+    v = layout.num_joints
+    if layout == BUILTIN_LAYOUTS["ntu"]:
         pairs = [(j, i) if (i, j) == _NTU_SPINE_EDGE else (i, j) for i, j in pairs]
         return graphs.edge_matrix(pairs, v).T
     return graphs.edge_matrix(pairs, v)
 
 
-def kth_mode_matrix(graph: str, k: int) -> np.ndarray:
+def kth_mode_matrix(layout: Layout | str, k: int) -> np.ndarray:
     """A_vec = I - A_out^k, float32 (the official float64 only runs under apex AMP).
 
     k = 1 turns each NTU joint into its offset from its parent; k = 0 zeroes the input.
     """
-    a = outward_binary(graph)
+    a = outward_binary(layout)
     return (np.eye(len(a)) - np.linalg.matrix_power(a, k)).astype(np.float32)
 
 
@@ -133,16 +137,15 @@ class InfoGCN(Backbone, kw_only=True):
     k selects the k-th-mode input transform; noise_ratio scales the latent noise in training.
     """
 
-    graph: str
     base_channels: int = 64
     num_heads: int = 3
     k: int = 1
     noise_ratio: float = 0.5
 
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
-        self.check_input(x, graphs.num_joints(self.graph))
+        self.check_input(x)
         n, _, t, v, m = x.shape
-        x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.graph, self.k), person_rows(x))
+        x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.layout, self.k), person_rows(x))
         x = embed_joints(self, x, self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
@@ -175,9 +178,11 @@ class InfoGCN(Backbone, kw_only=True):
         )(z)
 
 
-def create(*, num_classes: int, dataset: str, num_person: int, **kwargs) -> InfoGCN:
-    """Registry constructor: InfoGCN's graphs are named after the datasets."""
-    return InfoGCN(num_classes=num_classes, graph=dataset, num_person=num_person, **kwargs)
+def create(*, num_classes: int, layout: Layout | str, num_person: int, **kwargs) -> InfoGCN:
+    """Registry constructor: the k-th-mode transform comes from the layout (outward_binary)."""
+    return InfoGCN(
+        num_classes=num_classes, layout=load_layout(layout), num_person=num_person, **kwargs
+    )
 
 
 # Official state_dict key and layout kind of each Flax variable: these modules are the

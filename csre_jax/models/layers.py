@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csre_jax.layouts import Layout
+
 # Conv2d/Linear weights in the official GCN code: kaiming normal, mode fan_out (not truncated).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
@@ -169,21 +171,29 @@ class Backbone(nn.Module, kw_only=True):
     channels-last, where CSRE's heads attach. A subclass computes that map as rows n*M + m,
     (N*M, T', V', C'), in `feature_rows`; `head` turns the map into logits, by default with
     the GCN head `classify`. Fields are keyword-only (the registry passes keywords), so each
-    subclass adds its own after these.
+    subclass adds its own after these. `layout` is the skeleton: V and every graph-dependent
+    constant come from it; C is in_channels (3 for x, y, z or x, y, score; 2 for x, y).
     """
 
     num_classes: int
     num_person: int
+    layout: Layout
     in_channels: int = 3
     dropout: float = 0.0
 
-    def check_input(self, x: jax.Array, num_joints: int) -> None:
+    def check_input(self, x: jax.Array) -> None:
         """Refuse an input whose (C, V, M) do not fit the model, naming what was expected."""
-        expected = (self.in_channels, num_joints, self.num_person)
+        expected = (self.in_channels, self.layout.num_joints, self.num_person)
         if x.ndim != 5 or (x.shape[1], x.shape[3], x.shape[4]) != expected:
+            joints = ""
+            if x.ndim == 5 and x.shape[3] != expected[1]:
+                joints = (
+                    f": the layout {self.layout.name!r} has {expected[1]} joints, "
+                    f"the input {x.shape[3]}"
+                )
             raise ValueError(
                 f"{type(self).__name__} expects x (N, C, T, V, M) with (C, V, M) = {expected}, "
-                f"got {x.shape}"
+                f"got {x.shape}{joints}"
             )
 
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:

@@ -1,0 +1,77 @@
+"""Skeleton layouts as data: the built-ins are the official graphs, a JSON file names its
+joints, and a broken layout is refused naming the file and the field."""
+
+import json
+
+import numpy as np
+import pytest
+
+from csre_jax.data import transforms
+from csre_jax.layouts import BUILTIN_LAYOUTS, load_layout
+
+ARM = {
+    "name": "arm",
+    "joints": ["shoulder", "elbow", "wrist", "hand", "other_shoulder"],
+    "edges": [["elbow", "shoulder"], ["wrist", "elbow"], ["hand", "wrist"], [4, 0]],
+    "centre": "shoulder",
+    "flip_pairs": [["shoulder", "other_shoulder"]],
+}
+
+
+def _write(tmp_path, spec) -> str:
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize(("name", "pairs"), [("ntu", "NTU"), ("ucla", "UCLA")])
+def test_default_bones_are_the_official_bone_pairs(name, pairs):
+    official = [v2 - 1 for _, v2 in getattr(transforms, f"{pairs}_BONE_PAIRS")]
+    assert list(BUILTIN_LAYOUTS[name].bone_partners()) == official
+
+
+def test_json_layout_by_names_and_indices(tmp_path):
+    layout = load_layout(_write(tmp_path, ARM))
+    assert layout.edges == ((1, 0), (2, 1), (3, 2), (4, 0)) and layout.centre == 0
+    assert layout.bone_partners() == (0, 0, 1, 2, 0)
+    assert layout.flip_permutation() == (4, 1, 2, 3, 0)
+    # no parts: the centre is group 0, each branch from it one group, by its lowest joint
+    assert layout.joint_groups() == (0, 1, 1, 1, 2)
+    assert load_layout(layout) is layout
+
+
+def test_builtin_part_groups_cover_every_joint():
+    for layout in BUILTIN_LAYOUTS.values():
+        groups = np.asarray(layout.joint_groups())
+        assert len(groups) == layout.num_joints and groups.min() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"edges": [["elbow", "shoulder"], ["wrist", "knee"]]},
+            "'edges' names the unknown joint 'knee'",
+        ),
+        ({"edges": [["elbow", "shoulder"]]}, r"field 'edges' do not connect \['wrist', 'hand'"),
+        ({"edges": [[1, 9]]}, r"field 'edges' has the pair \(1, 9\) naming joints outside 0..4"),
+        ({"centre": "hip"}, "'centre' names the unknown joint 'hip'"),
+        ({"parts": [0, 1]}, "field 'parts' has 2 entries for 5 joints"),
+        ({"flip_pairs": [[0, 4], [4, 1]]}, "field 'flip_pairs' names a joint twice"),
+        (
+            {"joints": [*"aabcd"], "edges": [[1, 0]], "centre": 0, "flip_pairs": []},
+            "repeats a name",
+        ),
+        ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+    ],
+)
+def test_broken_layout_names_the_file_and_field(tmp_path, change, message):
+    path = _write(tmp_path, ARM | change)
+    with pytest.raises(ValueError, match=message) as error:
+        load_layout(path)
+    assert str(error.value).startswith(path)
+
+
+def test_unknown_name_lists_the_built_ins():
+    with pytest.raises(ValueError, match="ntu, ntu_hyperformer, ucla, coco, openpose, handmp"):
+        load_layout("kinetics")
