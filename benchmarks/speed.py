@@ -43,6 +43,7 @@ from csre_jax import models, sharding
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split, train_dataset
 from csre_jax.data.transforms import ntu_row_to_sample, ntu_transform
+from csre_jax.layouts import BUILTIN_LAYOUTS
 from csre_jax.training import loop
 from csre_jax.training.state import state_sharding
 
@@ -69,7 +70,9 @@ def experiment(args, model: str, banks: str) -> loop.Experiment:
         return {"x": sample} | {name: sample for name in extra}
 
     split = Split(np.broadcast_to(x, (args.slots, *x.shape[1:])), labels, args.classes)
-    return loop.build(config, dataset=Dataset(split, split, "ntu", transform, transform))
+    return loop.build(
+        config, dataset=Dataset(split, split, BUILTIN_LAYOUTS["ntu"], transform, transform)
+    )
 
 
 def filled_state(exp: loop.Experiment):

@@ -6,6 +6,7 @@ Its arg picks the dataset, the benchmark, the stream and the scale, comma-separa
 order, e.g. 'ntu120,xset,bone' or 'ucla,tiny' (see `parse_experiment_arg`): the tiny scale
 keeps the model, the recipe's optimiser and the input layout of the dataset but shrinks the
 widths and trains on synthetic skeletons of that layout, so it runs anywhere in seconds.
+'custom' trains on your own pyskl annotation pickle in any layout (`set_data`).
 """
 
 from collections.abc import Sequence
@@ -14,8 +15,9 @@ from ml_collections import ConfigDict
 
 from csre_jax.data.transforms import NTU_TEST_P, NTU_TRAIN_P, NTU_WINDOW, STREAMS
 
-DATASETS = ("ntu60", "ntu120", "ucla")
-BENCHMARKS = {"ntu60": ("xsub", "xview"), "ntu120": ("xsub", "xset"), "ucla": ()}
+DATASETS = ("ntu60", "ntu120", "ucla", "custom")
+BENCHMARKS = {"ntu60": ("xsub", "xview"), "ntu120": ("xsub", "xset"), "ucla": (), "custom": ()}
+CUSTOM_WINDOW = 100  # pyskl's GCN clip length (UniformSample clip_len=100), 2-D and 3-D
 SCALES = ("full", "tiny")
 
 
@@ -35,12 +37,13 @@ def parse_arg(arg: str | None, **choices: Sequence[str]) -> dict[str, str]:
 def parse_experiment_arg(arg: str | None) -> dict[str, str]:
     """'ntu120,xset,bone' -> dataset ntu120, benchmark xset, stream bone, scale full.
 
-    Comma-separated in any order, each optional: the dataset ntu60|ntu120|ucla, the benchmark
-    xsub|xview (ntu60) or xsub|xset (ntu120), the stream joint|bone|joint_motion|bone_motion,
-    the scale full|tiny ('tiny' trains a small model on synthetic skeletons of the dataset's
-    layout). Defaults: ntu60, the dataset's first benchmark (xsub), joint, full. NW-UCLA has
-    a single split and takes no benchmark; a benchmark of another dataset (ntu60 with xset) is
-    an error.
+    Comma-separated in any order, each optional: the dataset ntu60|ntu120|ucla|custom, the
+    benchmark xsub|xview (ntu60) or xsub|xset (ntu120), the stream
+    joint|bone|joint_motion|bone_motion, the scale full|tiny ('tiny' trains a small model on
+    synthetic skeletons of the dataset's layout; on custom data, on the user's file with a
+    short window). Defaults: ntu60, the dataset's first benchmark (xsub), joint, full.
+    NW-UCLA and custom data take no benchmark; a benchmark of another dataset (ntu60 with
+    xset) is an error.
     """
     tokens = [t.strip() for t in (arg or "").split(",")]
     dataset = ([t for t in tokens if t in DATASETS] or [DATASETS[0]])[-1]
@@ -123,6 +126,9 @@ def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
     data = config.data
     data.name = picked["dataset"]
     data.stream = picked["stream"]
+    if data.name == "custom":
+        set_custom_data(data)
+        return
     if data.name == "ucla":
         data.root = "data/NW-UCLA"  # holds all_sqe/ (README, 'Datasets')
         return
@@ -134,17 +140,35 @@ def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
     data.random_rotation = True
 
 
+def set_custom_data(data: ConfigDict) -> None:
+    """Your own pyskl annotation pickle (csre_jax/data/pyskl.py), given on the command line:
+    --config.data.path=my.pkl --config.data.layout=coco (a built-in layout or a JSON file)."""
+    data.path = ""  # the .pkl; required
+    data.layout = "coco"
+    data.train_split, data.test_split = "train", "test"  # names in the file's 'split'
+    data.num_frames = CUSTOM_WINDOW
+    data.num_person = 2  # persons kept per sample (module docstring of pyskl.py)
+    data.coords = 0  # 2 or 3; 0: the file's, filled in when the dataset loads
+    data.use_score = True  # 2-D files with keypoint_score: the score is a third channel
+    data.align = "auto"  # 3-D: auto | none | 'a,b,c,d' (z along a->b, then x along c->d)
+    data.augment = True  # training: 3-D random rotation; 2-D flip, scale and shift
+    data.class_names = ""  # optional text file: one class name per line, by label
+
+
 def shrink_to_tiny(config: ConfigDict) -> None:
-    """Synthetic skeletons in the dataset's layout, a few short epochs, a small CSRE head.
+    """Synthetic skeletons in the dataset's layout (custom data: the user's file), a few short
+    epochs, a small CSRE head.
 
     The recipe's optimiser and warm-up stay; the backbone's config then cuts its widths."""
     data = config.data
-    skeleton = "ucla" if data.name == "ucla" else "ntu"
-    for key in ("benchmark", "root", "train_p_interval", "test_p_interval", "random_rotation"):
-        if key in data:
-            del data[key]
-    data.name, data.skeleton, data.seed = "synthetic", skeleton, 0
-    data.num_classes, data.num_train, data.num_test, data.num_frames = 4, 64, 32, 16
+    if data.name != "custom":
+        skeleton = "ucla" if data.name == "ucla" else "ntu"
+        for key in ("benchmark", "root", "train_p_interval", "test_p_interval", "random_rotation"):
+            if key in data:
+                del data[key]
+        data.name, data.skeleton, data.seed = "synthetic", skeleton, 0
+        data.num_classes, data.num_train, data.num_test = 4, 64, 32
+    data.num_frames = 16
     data.batch_size, data.eval_batch_size = 8, 16
     config.csre.dim, config.csre.num_positives, config.csre.num_negatives = 32, 4, 8
     config.num_epochs, config.log_every_steps = 2, 4

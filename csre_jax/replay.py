@@ -40,6 +40,7 @@ from csre_jax import sharding
 from csre_jax.csre.model import torch_key_fn
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split
+from csre_jax.layouts import BUILTIN_LAYOUTS
 from csre_jax.models import hyperformer, torch_io
 from csre_jax.training import loop
 from csre_jax.training.state import TrainState, backbone_variables, state_sharding
@@ -179,7 +180,7 @@ def _dataset(recording: Recording) -> Dataset:
     return Dataset(
         train=Split(recording["x_train"], recording["bank_labels"].astype(np.int32), num_classes),
         test=Split(x_test, np.zeros(len(x_test), np.int32), num_classes),
-        skeleton="ntu",
+        layout=BUILTIN_LAYOUTS["ntu"],
     )
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from csre_jax.data import synthetic
+from csre_jax.data import synthetic, transforms
 from csre_jax.data.pipeline import Split, Transform
+from csre_jax.layouts import BUILTIN_LAYOUTS, Layout
 
 # Split files as the official NTU preparation names them, per (dataset, benchmark).
 NTU_SPLIT_FILES = {
@@ -24,18 +25,20 @@ NTU_SPLIT_FILES = {
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """val (with data.val_fraction > 0) is held out of the training data; val_ids are its
-    samples' positions in the full training list of full_train_size samples (NW-UCLA: clips
-    before the repeat), the same for every stream."""
+    """layout is the skeleton the backbone's graph is built for. val (with data.val_fraction
+    > 0) is held out of the training data; val_ids are its samples' positions in the full
+    training list of full_train_size samples (NW-UCLA: clips before the repeat), the same for
+    every stream. class_names (custom data only, optional) name the labels in order."""
 
     train: Split
     test: Split
-    skeleton: str  # the graph the backbone is built for: "ntu" or "ucla"
+    layout: Layout
     train_transform: Transform | None = None
     test_transform: Transform | None = None
     val: Split | None = None
     val_ids: np.ndarray | None = None
     full_train_size: int = 0
+    class_names: tuple[str, ...] | None = None
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one sample's model inputs: {'x': (C, T, V, M)} plus any extra ('joint')."""
@@ -46,15 +49,20 @@ class Dataset:
 
 def load_dataset(data: ConfigDict) -> Dataset:
     """data.keep_joint (BlockGCN) adds each sample's absolute joints as the input 'joint';
-    data.val_fraction holds that share of every class's training samples out for validation."""
+    data.val_fraction holds that share of every class's training samples out for validation.
+    'custom' reads a pyskl annotation pickle (`pyskl.load`, which fills data.coords and
+    data.use_score in from the file)."""
     if data.name == "synthetic":
         return _synthetic(data)
     if data.name in ("ntu60", "ntu120"):
         return _ntu(data)
     if data.name == "ucla":
         return _ucla(data)
+    if data.name == "custom":
+        return _custom(data)
     raise ValueError(
-        f"data.name={data.name!r} is not a known dataset: choose synthetic, ntu60, ntu120 or ucla"
+        f"data.name={data.name!r} is not a known dataset: "
+        "choose synthetic, ntu60, ntu120, ucla or custom"
     )
 
 
@@ -97,6 +105,46 @@ def _with_validation(dataset: Dataset, full_train: Split, data: ConfigDict, repe
 _UCLA_FROM_NTU_JOINTS = [0, 1, 20, *range(3, 20)]
 
 
+def _synthetic_layout(data: ConfigDict) -> Layout:
+    skeleton = data.get("skeleton", "ntu")
+    if skeleton not in ("ntu", "ucla"):
+        raise ValueError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
+    return BUILTIN_LAYOUTS[skeleton]
+
+
+def sample_transform(data: ConfigDict, *, train: bool) -> Transform | None:
+    """The per-sample transform of data.name's samples as its splits store them, from the
+    config alone (prediction builds the test one without reading the data)."""
+    keep_joint = data.get("keep_joint", False)
+    if data.name == "synthetic":
+        stream, layout = data.get("stream", "joint"), _synthetic_layout(data)
+        if stream == "joint" and not keep_joint:
+            return None
+        return lambda x, rng: transforms.model_inputs(
+            x, transforms.to_stream(x, stream, skeleton=layout, variant="ctrgcn"), keep_joint
+        )
+    if data.name in ("ntu60", "ntu120"):
+        ntu = transforms.ntu_transform(
+            train=train,
+            window=data.num_frames,
+            p_interval=tuple(data.train_p_interval if train else data.test_p_interval),
+            rotate=train and data.random_rotation,
+            stream=data.stream,
+            variant=data.feeder_variant,
+            keep_joint=keep_joint,
+        )
+        return lambda row, rng: ntu(transforms.ntu_row_to_sample(row), rng)
+    if data.name == "ucla":
+        return transforms.ucla_transform(
+            train=train, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
+        )
+    if data.name == "custom":
+        from csre_jax.data import pyskl  # noqa: PLC0415 (only custom runs need it)
+
+        return pyskl.sample_transform(data, train=train)
+    raise ValueError(f"data.name={data.name!r} is not a known dataset")
+
+
 def _synthetic(data: ConfigDict) -> Dataset:
     """The generated skeletons; data.skeleton='ucla' keeps the first person on NW-UCLA's
     20 joints, so NW-UCLA-shaped models train without the dataset."""
@@ -107,34 +155,20 @@ def _synthetic(data: ConfigDict) -> Dataset:
         num_classes=data.num_classes,
         num_frames=data.num_frames,
     )
-    skeleton = data.get("skeleton", "ntu")
-    if skeleton not in ("ntu", "ucla"):
-        raise ValueError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
-    if skeleton == "ucla":
+    if _synthetic_layout(data).name == "ucla":
         train["x"], test["x"] = (s["x"][..., _UCLA_FROM_NTU_JOINTS, :1] for s in (train, test))
-    stream, keep_joint = data.get("stream", "joint"), data.get("keep_joint", False)
-    transform = None
-    if stream != "joint" or keep_joint:
-        from csre_jax.data import transforms  # noqa: PLC0415 (only streams need it)
-
-        def transform(x, rng):
-            y = transforms.to_stream(x, stream, skeleton=skeleton, variant="ctrgcn")
-            return {"x": y, "joint": x} if keep_joint else y
-
     full_train = Split(train["x"], train["label"], data.num_classes)
     dataset = Dataset(
         train=full_train,
         test=Split(test["x"], test["label"], data.num_classes),
-        skeleton=skeleton,
-        train_transform=transform,
-        test_transform=transform,
+        layout=_synthetic_layout(data),
+        train_transform=sample_transform(data, train=True),
+        test_transform=sample_transform(data, train=False),
     )
     return _with_validation(dataset, full_train, data)
 
 
 def _ntu(data: ConfigDict) -> Dataset:
-    from csre_jax.data import transforms  # noqa: PLC0415 (only NTU runs need it)
-
     key = (data.name, data.benchmark)
     if key not in NTU_SPLIT_FILES:
         choices = sorted(b for n, b in NTU_SPLIT_FILES if n == data.name)
@@ -148,26 +182,14 @@ def _ntu(data: ConfigDict) -> Dataset:
             f"folder that holds {NTU_SPLIT_FILES[key]}."
         )
 
-    def transform(train: bool) -> Transform:
-        sample_transform = transforms.ntu_transform(
-            train=train,
-            window=data.num_frames,
-            p_interval=tuple(data.train_p_interval if train else data.test_p_interval),
-            rotate=train and data.random_rotation,
-            stream=data.stream,
-            variant=data.feeder_variant,
-            keep_joint=data.get("keep_joint", False),
-        )
-        return lambda row, rng: sample_transform(transforms.ntu_row_to_sample(row), rng)
-
     num_classes = 60 if data.name == "ntu60" else 120
-    full_train = _npz_split(path, "train", num_classes)
+    full_train = npz_split(path, "train", num_classes)
     dataset = Dataset(
         train=full_train,
-        test=_npz_split(path, "test", num_classes),
-        skeleton="ntu",
-        train_transform=transform(train=True),
-        test_transform=transform(train=False),
+        test=npz_split(path, "test", num_classes),
+        layout=BUILTIN_LAYOUTS["ntu"],
+        train_transform=sample_transform(data, train=True),
+        test_transform=sample_transform(data, train=False),
     )
     return _with_validation(dataset, full_train, data)
 
@@ -175,12 +197,11 @@ def _ntu(data: ConfigDict) -> Dataset:
 def _ucla(data: ConfigDict) -> Dataset:
     """NW-UCLA from CTR-GCN's JSON clips; the training list is repeated (bank slot i is
     clip i mod 1,020), as the official feeder does."""
-    from csre_jax.data import transforms, ucla  # noqa: PLC0415 (only NW-UCLA runs need it)
+    from csre_jax.data import ucla  # noqa: PLC0415 (only NW-UCLA runs need it)
 
     num_classes = 10
     base_train = Split(*ucla.load_split(data.root, "train"), num_classes)
     test_clips, test_labels = ucla.load_split(data.root, "val")
-    keep_joint = data.get("keep_joint", False)
 
     def repeat(split: Split) -> Split:
         return Split(*ucla.repeat_train(list(split.x), split.labels), num_classes)
@@ -188,28 +209,40 @@ def _ucla(data: ConfigDict) -> Dataset:
     dataset = Dataset(
         train=repeat(base_train),
         test=Split(test_clips, test_labels, num_classes),
-        skeleton="ucla",
-        train_transform=transforms.ucla_transform(
-            train=True, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
-        ),
-        test_transform=transforms.ucla_transform(
-            train=False, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
-        ),
+        layout=BUILTIN_LAYOUTS["ucla"],
+        train_transform=sample_transform(data, train=True),
+        test_transform=sample_transform(data, train=False),
     )
     return _with_validation(dataset, base_train, data, repeat)
 
 
-def _npz_split(path: Path, split: str, num_classes: int) -> Split:
+def _custom(data: ConfigDict) -> Dataset:
+    """A pyskl annotation pickle in any layout (csre_jax/data/pyskl.py)."""
+    from csre_jax.data import pyskl  # noqa: PLC0415 (only custom runs need it)
+
+    loaded = pyskl.load(data)
+    dataset = Dataset(
+        train=loaded.train,
+        test=loaded.test,
+        layout=pyskl.input_spec(data).layout,
+        train_transform=sample_transform(data, train=True),
+        test_transform=sample_transform(data, train=False),
+        class_names=loaded.class_names,
+    )
+    return _with_validation(dataset, loaded.train, data)
+
+
+def npz_split(path: Path, split: str, num_classes: int) -> Split:
     """x_<split> memory-mapped (split files are tens of GB), one-hot y_<split> decoded."""
     with np.load(path) as npz:
         missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
         if missing:
             raise KeyError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
         labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
-    return Split(_npz_member_memmap(path, f"x_{split}"), labels, num_classes)
+    return Split(npz_member_memmap(path, f"x_{split}"), labels, num_classes)
 
 
-def _npz_member_memmap(path: Path, key: str) -> np.ndarray:
+def npz_member_memmap(path: Path, key: str) -> np.ndarray:
     """A read-only memmap of an uncompressed .npz member; compressed members are loaded."""
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{key}.npy")

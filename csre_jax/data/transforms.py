@@ -8,18 +8,22 @@ transform also returns the absolute joints the stream was computed from, as Bloc
 feeder does: {"x": stream, "joint": joints}.
 """
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from csre_jax.layouts import Layout, load_layout
+
 Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]]
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 VARIANTS = ("ctrgcn", "csre")
 
-# Bone of v1 = joint v1 - joint v2 (1-based; v1 runs 1..V in order, so one gather does it).
+# The official bone lists (bone of v1 = joint v1 - joint v2, 1-based), kept as the reference
+# the built-in layouts' default bones are tested against; to_stream reads the layout.
 NTU_BONE_PAIRS = (
     (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
     (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
@@ -30,12 +34,6 @@ UCLA_BONE_PAIRS = (
     (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
     (20, 19),
 )  # fmt: skip
-# Per skeleton: each joint's bone partner and the root CSRE centres on (spine shoulder /
-# shoulder centre), as python indices.
-_SKELETONS = {
-    "ntu": (np.array([v2 - 1 for _, v2 in NTU_BONE_PAIRS]), 20),
-    "ucla": (np.array([v2 - 1 for _, v2 in UCLA_BONE_PAIRS]), 2),
-}
 
 NTU_JOINTS, NTU_PERSONS = 25, 2
 NTU_WINDOW = 64
@@ -126,27 +124,33 @@ def random_rotation(x: np.ndarray, rng: np.random.Generator, max_angle: float = 
     return np.tensordot(rot, x, axes=(1, 0))
 
 
-def _check_stream(stream: str, skeleton: str, variant: str) -> None:
-    for name, value, allowed in (
-        ("stream", stream, STREAMS),
-        ("skeleton", skeleton, tuple(_SKELETONS)),
-        ("variant", variant, VARIANTS),
-    ):
+def check_stream(stream: str, variant: str) -> None:
+    """Fails early, when a transform is built, on an unknown stream or feeder variant."""
+    for name, value, allowed in (("stream", stream, STREAMS), ("variant", variant, VARIANTS)):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
 
 
-def to_stream(x: np.ndarray, stream: str, *, skeleton: str, variant: str) -> np.ndarray:
+@functools.cache
+def _bone_partners(layout: Layout) -> np.ndarray:
+    """The layout's bone partners as an index array, built once per layout."""
+    return np.array(layout.bone_partners())
+
+
+def to_stream(x: np.ndarray, stream: str, *, skeleton: Layout | str, variant: str) -> np.ndarray:
     """Joint, bone or their motion from joints (C, T, V, M), the official way per variant.
 
-    CSRE centres joints per frame on the root joint and keeps the root's trajectory in its
-    slot, for joints and for the root's (otherwise zero) bone; CTR-GCN does neither. Motion
-    is the forward difference of that result, zero at the last frame.
+    skeleton is a Layout or a built-in layout's name: its bone partners give the bones and
+    its centre is the root. CSRE centres joints per frame on the root joint and keeps the
+    root's trajectory in its slot, for joints and for the root's (otherwise zero) bone;
+    CTR-GCN does neither. Motion is the forward difference of that result, zero at the last
+    frame.
     """
-    _check_stream(stream, skeleton, variant)
-    partners, root = _SKELETONS[skeleton]
+    check_stream(stream, variant)
+    layout = load_layout(skeleton)
+    root = layout.centre
     if stream.startswith("bone"):
-        y = x - np.take(x, partners, axis=2)
+        y = x - np.take(x, _bone_partners(layout), axis=2)
     elif variant == "csre":
         y = x - x[:, :, root : root + 1]
     else:
@@ -160,7 +164,8 @@ def to_stream(x: np.ndarray, stream: str, *, skeleton: str, variant: str) -> np.
     return y
 
 
-def _outputs(joints: np.ndarray, stream: np.ndarray, keep_joint: bool):
+def model_inputs(joints: np.ndarray, stream: np.ndarray, keep_joint: bool):
+    """The stream as float32, with the joints it came from when keep_joint (BlockGCN)."""
     stream = np.ascontiguousarray(stream, dtype=np.float32)
     if not keep_joint:
         return stream
@@ -189,7 +194,7 @@ def ntu_transform(
         rotate = train
     if rotate and not train:
         raise ValueError("rotation is random: a test transform gets no Generator")
-    _check_stream(stream, "ntu", variant)
+    check_stream(stream, variant)
 
     def transform(x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         if train and rng is None:
@@ -197,7 +202,7 @@ def ntu_transform(
         x = crop_resize(x, valid_frame_count(x), window, p_interval, rng)
         if rotate:
             x = random_rotation(x, rng)
-        return _outputs(x, to_stream(x, stream, skeleton="ntu", variant=variant), keep_joint)
+        return model_inputs(x, to_stream(x, stream, skeleton="ntu", variant=variant), keep_joint)
 
     return transform
 
@@ -247,12 +252,12 @@ def ucla_transform(
     *, train: bool, stream: str, variant: str, keep_joint: bool = False
 ) -> Transform:
     """The NW-UCLA feeder for one raw (F, 20, 3) clip -> (3, 52, 20, 1) float32."""
-    _check_stream(stream, "ucla", variant)
+    check_stream(stream, variant)
 
     def transform(clip: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         if train and rng is None:
             raise ValueError("a training transform needs a Generator")
         x = ucla_clip_to_sample(clip, rng if train else None)
-        return _outputs(x, to_stream(x, stream, skeleton="ucla", variant=variant), keep_joint)
+        return model_inputs(x, to_stream(x, stream, skeleton="ucla", variant=variant), keep_joint)
 
     return transform

@@ -1,0 +1,195 @@
+"""Writes pyskl annotation pickles, the custom dataset's format (csre_jax/data/pyskl.py), from
+a folder of .npy sequences, a Python list, our NTU split files or NW-UCLA's JSON clips.
+
+    python -m csre_jax.data.convert npy FOLDER --labels labels.csv --out my.pkl
+        [--scores] [--img-shape H,W] [--split train]
+    python -m csre_jax.data.convert ntu data/ntu60/NTU60_CS.npz --out ntu60_xsub.pkl
+    python -m csre_jax.data.convert ucla data/NW-UCLA --out nw_ucla.pkl
+
+npy: FOLDER/<name>.npy per sequence, (M, T, V, C) or one person's (T, V, C); labels.csv has
+rows `name,label[,split]` (0-based labels; an optional header row `name,label,...`); rows
+without a split go to --split. With --scores the last channel is the keypoint score.
+ntu: the split file's train and test parts as splits 'train' and 'test', frame_dir
+`<split>_<position>` (the sample's position in the split file, its memory-bank slot), the
+zero padding cut off and an all-zero second person dropped. ucla: the official cross-view
+train and val lists as splits 'train' and 'test', frame_dir the clip's file stem. Every
+written file is checked as training loads it (except the layout) and written atomically.
+"""
+
+import argparse
+import csv
+import pickle
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from csre_jax.data import pyskl, ucla
+from csre_jax.data.datasets import npz_member_memmap
+from csre_jax.data.transforms import ntu_row_to_sample, valid_frame_count
+from csre_jax.fileio import atomic_write
+
+Samples = list[dict]
+Splits = dict[str, list[str]]
+
+
+def write_annotations(
+    path: str | Path, samples: Sequence[Mapping], splits: Mapping[str, Sequence[str]]
+) -> Path:
+    """Writes `samples` (dicts with frame_dir, label, keypoint (M, T, V, C) or (T, V, C) and
+    optionally keypoint_score, img_shape) and `splits` ({name: [frame_dir, ...]}) to `path`.
+
+    keypoint becomes a 4-D numeric array and total_frames is filled in; the result is checked
+    as `pyskl.load` checks it, then written atomically."""
+    path = Path(path)
+    if not samples:
+        raise ValueError(f"{path}: no samples to write")
+    annotations = [_annotation(sample) for sample in samples]
+    content = {"split": {name: list(dirs) for name, dirs in splits.items()}}
+    content["annotations"] = annotations
+    checked = pyskl.check(content, str(path), layout=None)
+    for name in content["split"]:
+        pyskl.split_positions(content, str(path), checked.positions, name)
+    with atomic_write(path) as tmp, tmp.open("wb") as f:
+        pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _annotation(sample: Mapping) -> dict:
+    """A sample with 4-D numeric keypoint (and score) arrays and total_frames."""
+    ann = dict(sample)
+    for field, person_free_ndim in (("keypoint", 3), ("keypoint_score", 2)):
+        if ann.get(field) is not None:
+            array = np.asarray(ann[field])
+            ann[field] = array[None] if array.ndim == person_free_ndim else array
+    if np.ndim(ann.get("keypoint")) == 4:
+        ann.setdefault("total_frames", ann["keypoint"].shape[1])
+    return ann
+
+
+def npy_annotations(
+    folder: Path,
+    labels_csv: Path,
+    *,
+    scores: bool = False,
+    img_shape: tuple[int, int] | None = None,
+    default_split: str = "train",
+) -> tuple[Samples, Splits]:
+    """The samples and splits of a folder of .npy sequences and its label table."""
+    samples, splits = [], {}
+    with labels_csv.open(newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["name", "label"]:
+        rows = rows[1:]
+    for line, row in enumerate(rows, start=1):
+        cells = [c.strip() for c in row]
+        if len(cells) not in (2, 3) or not cells[1].isdigit():
+            raise ValueError(
+                f"{labels_csv} row {line}: expected name,label[,split] with a 0-based integer "
+                f"label, got {row}"
+            )
+        name, label, split = cells[0], cells[1], cells[2] if len(cells) == 3 else ""
+        source = folder / (name if name.endswith(".npy") else f"{name}.npy")
+        if not source.is_file():
+            raise FileNotFoundError(f"{labels_csv} row {line}: {source} does not exist")
+        array = np.load(source, allow_pickle=False)
+        sample = {"frame_dir": Path(name).stem, "label": int(label)}
+        if scores:
+            array, sample["keypoint_score"] = array[..., :-1], array[..., -1]
+        if img_shape is not None:
+            sample["img_shape"] = img_shape
+        samples.append(sample | {"keypoint": array})
+        splits.setdefault(split or default_split, []).append(sample["frame_dir"])
+    return samples, splits
+
+
+def ntu_annotations(split_file: Path) -> tuple[Samples, Splits]:
+    """The samples and splits of one of our NTU split files (NTU60_CS.npz, ...)."""
+    samples, splits = [], {}
+    for split in ("train", "test"):
+        with np.load(split_file) as npz:
+            if f"y_{split}" not in npz.files:
+                raise ValueError(f"{split_file}: no y_{split}; is it an NTU split file?")
+            labels = np.argmax(npz[f"y_{split}"], axis=1)
+        rows = npz_member_memmap(split_file, f"x_{split}")
+        names = splits.setdefault(split, [])
+        for position, (row, label) in enumerate(zip(rows, labels, strict=True)):
+            sample = ntu_row_to_sample(row)  # (3, T, 25, 2)
+            keypoint = sample[:, : valid_frame_count(sample)].transpose(3, 1, 2, 0)
+            if len(keypoint) > 1 and not keypoint[1].any():
+                keypoint = keypoint[:1]
+            names.append(f"{split}_{position:06d}")
+            samples.append(
+                {
+                    "frame_dir": names[-1],
+                    "label": int(label),
+                    "keypoint": keypoint.astype(np.float32),
+                }
+            )
+    return samples, splits
+
+
+def ucla_annotations(root: Path) -> tuple[Samples, Splits]:
+    """The samples and splits of NW-UCLA's clips (CTR-GCN's all_sqe JSON files)."""
+    samples, splits = [], {}
+    for split, name in (("train", "train"), ("val", "test")):
+        stems, labels = ucla.split_entries(split)
+        clips, _ = ucla.load_split(root, split)
+        splits[name] = list(stems)
+        samples += [
+            {"frame_dir": stem, "label": int(label), "keypoint": clip[None]}
+            for stem, label, clip in zip(stems, labels, clips, strict=True)
+        ]
+    return samples, splits
+
+
+def _img_shape(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give H,W, e.g. 1080,1920") from None
+    return h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sources = parser.add_subparsers(dest="source", required=True)
+    npy = sources.add_parser("npy", help="a folder of .npy sequences and a label CSV")
+    npy.add_argument("folder", type=Path)
+    npy.add_argument("--labels", type=Path, required=True, help="CSV rows name,label[,split]")
+    npy.add_argument("--scores", action="store_true", help="the last channel is the score")
+    npy.add_argument("--img-shape", type=_img_shape, help="H,W of 2-D pixel coordinates")
+    npy.add_argument("--split", default="train", help="split of rows that name none")
+    sources.add_parser("ntu", help="one of our NTU split files").add_argument(
+        "split_file", type=Path
+    )
+    sources.add_parser("ucla", help="NW-UCLA's all_sqe clips").add_argument("root", type=Path)
+    for sub in sources.choices.values():
+        sub.add_argument("--out", type=Path, required=True, help="the .pkl to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.source == "npy":
+            samples, splits = npy_annotations(
+                args.folder,
+                args.labels,
+                scores=args.scores,
+                img_shape=args.img_shape,
+                default_split=args.split,
+            )
+        elif args.source == "ntu":
+            samples, splits = ntu_annotations(args.split_file)
+        else:
+            samples, splits = ucla_annotations(args.root)
+        write_annotations(args.out, samples, splits)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    sizes = ", ".join(f"{name} {len(dirs)}" for name, dirs in splits.items())
+    print(f"wrote {args.out}: {len(samples)} samples ({sizes})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
