@@ -38,6 +38,7 @@ from csre_jax.evaluate.scoring import (
     score_metadata,
     write_score_files,
 )
+from csre_jax.model_card import ModelCard
 from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
 from csre_jax.workdir import RunFolder, val_scores_path
@@ -89,11 +90,12 @@ def score_run(workdir: Path) -> None:
     run = RunFolder(workdir)
     config = _run_config(run)
     dataset = load_dataset(config.data)
-    backbone = loop.build_backbone(config, dataset)
+    card = ModelCard.from_dataset(dataset, config.data)
+    backbone = loop.build_backbone(config, card)
     mesh = loop.make_mesh(config)
     eval_step = compile_eval_step(backbone, mesh, config.get("compute_dtype", "float32"))
     folder = run.checkpoint_folder(_CHECKPOINT.value)
-    variables, step = restore_variables(folder, loop.backbone_shapes(backbone, dataset))
+    variables, step = restore_variables(folder, loop.backbone_shapes(backbone, card))
     output = Path(_OUTPUT.value or run.rescored_test_scores(_CHECKPOINT.value))
     score = functools.partial(
         score_dataset,

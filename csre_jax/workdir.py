@@ -1,6 +1,7 @@
 """The run folder that train.py writes and eval.py reads, named in one place.
 
 <workdir>/config.json              the config the run was started with
+<workdir>/model_card.json          the backbone's skeleton, input shapes and class names
 <workdir>/validation_split.json    the training samples held out for validation
 <workdir>/metrics.jsonl            step and epoch records
 <workdir>/checkpoints/<step>/      the latest train state and data position (resume)
@@ -28,6 +29,10 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "model_card.json"
 
     @property
     def validation_split(self) -> Path:

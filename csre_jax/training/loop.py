@@ -34,6 +34,7 @@ from csre_jax.evaluate.scoring import (
     write_score_files,
 )
 from csre_jax.fileio import atomic_write
+from csre_jax.model_card import ModelCard
 from csre_jax.training import optimizer
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.metrics import MetricWriter, mean_metrics
@@ -48,6 +49,7 @@ class Experiment:
 
     config: ConfigDict
     dataset: Dataset
+    card: ModelCard
     backbone: nn.Module
     model: ContrastiveClassifier
     mesh: jax.sharding.Mesh
@@ -64,15 +66,17 @@ class Experiment:
         return self.config.get("compute_dtype", "float32")
 
 
-def build_backbone(config: ConfigDict, dataset: Dataset) -> nn.Module:
-    """The configured backbone for the dataset's skeleton and classes."""
+def build_backbone(config: ConfigDict, card: ModelCard) -> nn.Module:
+    """The configured backbone for the card's skeleton, input shape and classes."""
     backbone = models.create_model(
         config.model.name,
-        num_classes=dataset.train.num_classes,
-        dataset=dataset.skeleton,
+        num_classes=card.num_classes,
+        layout=card.layout,
+        num_person=card.num_person,
+        in_channels=card.channels,
         **config.model.kwargs,
     )
-    missing = set(models.extra_inputs(backbone)) - set(dataset.input_shapes())
+    missing = set(models.extra_inputs(backbone)) - set(card.input_shapes)
     if missing:
         raise ValueError(
             f"model.name={config.model.name!r} needs the input(s) {sorted(missing)}, which the "
@@ -96,13 +100,14 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
     """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
     dataset = dataset or load_dataset(config.data)
     mesh = make_mesh(config)
-    backbone = build_backbone(config, dataset)
+    card = ModelCard.from_dataset(dataset, config.data)
+    backbone = build_backbone(config, card)
     model = ContrastiveClassifier(
         backbone, bank_names(config.csre), config.csre.dim, config.csre.reduction
     )
     steps = steps_per_epoch(dataset.train, config.data.batch_size)
     schedule, tx = optimizer.from_config(config.optim, steps)
-    return Experiment(config, dataset, backbone, model, mesh, steps, schedule, tx)
+    return Experiment(config, dataset, card, backbone, model, mesh, steps, schedule, tx)
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -116,7 +121,7 @@ def init_state(exp: Experiment) -> TrainState:
     )
     rng = jax.random.key(exp.config.seed)
     init_rng, state_rng = jax.random.split(rng)
-    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.dataset.input_shapes().items()}
+    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in exp.card.input_shapes.items()}
     variables = exp.model.init({"params": init_rng, "dropout": init_rng}, **sample, train=False)
     if exp.config.model.get("init_checkpoint"):
         backbone_key = models.backbone_module(exp.config.model.name).torch_key
@@ -152,10 +157,10 @@ def compile_steps(exp: Experiment, state: TrainState) -> tuple[Callable, EvalSte
     return train_step, compile_eval_step(exp.backbone, exp.mesh, exp.compute_dtype)
 
 
-def backbone_shapes(backbone: nn.Module, dataset: Dataset) -> dict:
+def backbone_shapes(backbone: nn.Module, card: ModelCard) -> dict:
     """The backbone's variables as shapes, without computing them: what a checkpoint of it
     is checked against."""
-    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in dataset.input_shapes().items()}
+    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in card.input_shapes.items()}
     return jax.eval_shape(lambda: backbone.init(jax.random.key(0), **sample, train=False))
 
 
@@ -183,9 +188,11 @@ def save_score_files(
     write_score_files(path, score_metadata(exp.config, source), exp.dataset, test, val)
 
 
-def _write_config(config: ConfigDict, run: RunFolder) -> None:
+def _write_config(exp: Experiment, run: RunFolder) -> None:
+    """The run's config and model card (what predict.py rebuilds the backbone from)."""
     if jax.process_index() == 0:
-        run.config.write_text(config.to_json_best_effort(indent=2) + "\n")
+        run.config.write_text(exp.config.to_json_best_effort(indent=2) + "\n")
+        exp.card.save(run.model_card)
 
 
 def _write_validation_split(exp: Experiment, run: RunFolder) -> None:
@@ -231,7 +238,7 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     run = RunFolder(workdir)
     run.root.mkdir(parents=True, exist_ok=True)
     exp = build(config)
-    _write_config(config, run)
+    _write_config(exp, run)
     _write_validation_split(exp, run)
     state = init_state(exp)
     train_step, eval_step = compile_steps(exp, state)

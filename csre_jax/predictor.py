@@ -1,0 +1,175 @@
+"""What a trained run says about new sequences: class probabilities with class names.
+
+    predictor = Predictor.from_run("runs/mine")
+    predictions = predictor.predict(keypoints)   # (M, T, V, C), a batch of them, or a list
+    predictions.top(5)                           # [[(name, probability), ...], ...]
+
+Keypoints are pyskl's (persons, frames, joints, coords) in the units the run was trained
+on: pixels for 2-D custom data (with `scores` (M, T, V) when the run uses them and the
+image's (h, w)), metres for 3-D. Each sequence goes through the run's test-time transform,
+built from its saved config alone; then the backbone alone runs, in eval mode, on padded
+batches of a fixed size, so any number of sequences shares one compiled step.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from csre_jax import sharding
+from csre_jax.data import datasets, ntu_prepare, pyskl
+from csre_jax.data.ntu_raw import read_skeleton
+from csre_jax.evaluate.scoring import compile_eval_step
+from csre_jax.model_card import ModelCard
+from csre_jax.training import loop
+from csre_jax.training.checkpoint import restore_variables
+from csre_jax.workdir import RunFolder
+
+NTU_PERSONS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """probabilities (B, K): softmax of the logits, one row per sequence, in input order."""
+
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+
+    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The k most probable classes of every sequence, most probable first."""
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return [
+            [(self.class_names[c], float(row[c])) for c in ranks]
+            for row, ranks in zip(self.probabilities, order, strict=True)
+        ]
+
+
+def _stored_sample(data: ConfigDict, card: ModelCard, keypoint: np.ndarray) -> np.ndarray:
+    """(M, T, V, C) keypoints -> one sample as data.name's splits store it, so the run's own
+    test transform applies unchanged."""
+    if data.name in ("ntu60", "ntu120"):
+        persons = np.zeros((NTU_PERSONS, *keypoint.shape[1:]), np.float32)
+        persons[: len(keypoint)] = keypoint[:NTU_PERSONS]
+        row = persons.transpose(1, 0, 2, 3).reshape(keypoint.shape[1], -1)
+        return ntu_prepare.transform(row)  # centred as the preparation does (idempotent)
+    if data.name == "ucla":
+        return keypoint[0]  # the feeder takes one person's (F, 20, 3) clip
+    window = card.num_frames  # synthetic samples are stored at the window
+    if keypoint.shape[1] != window:
+        raise ValueError(f"this run takes exactly {window} frames, got {keypoint.shape[1]}")
+    sample = np.zeros((card.num_person, *keypoint.shape[1:]), np.float32)
+    sample[: len(keypoint)] = keypoint[: card.num_person]
+    return sample.transpose(3, 1, 2, 0)
+
+
+def keypoints_from_skeleton_file(path: str | Path) -> np.ndarray:
+    """An NTU RGB+D `.skeleton` file -> (persons, T, 25, 3), denoised and centred as the NTU
+    preparation does."""
+    joints, _ = ntu_prepare.denoise(read_skeleton(path))
+    joints = ntu_prepare.transform(joints)
+    return joints.reshape(len(joints), -1, 25, 3).transpose(1, 0, 2, 3)
+
+
+class Predictor:
+    """A trained backbone with its run's test-time preprocessing."""
+
+    def __init__(
+        self,
+        config: ConfigDict,
+        card: ModelCard,
+        backbone: nn.Module,
+        variables: dict,
+        batch_size: int | None = None,
+    ):
+        """batch_size defaults to the run's evaluation batch: then prediction runs the very
+        program evaluation compiled (and finds it in the compilation cache)."""
+        self.config, self.card = config, card
+        self.batch_size = batch_size or config.data.eval_batch_size
+        self._mesh = loop.make_mesh(config)
+        self._eval_step = compile_eval_step(
+            backbone, self._mesh, config.get("compute_dtype", "float32")
+        )
+        self._variables = variables
+        data = config.data
+        if data.name == "custom":
+            self._transform: Callable = pyskl.inference_transform(data)
+        else:
+            self._transform = self._builtin_transform(datasets.sample_transform(data, train=False))
+
+    @classmethod
+    def from_run(
+        cls, workdir: str | Path, *, checkpoint: str = "best", batch_size: int | None = None
+    ):
+        """The run's best (or 'latest') backbone, from its config.json and model card."""
+        run = RunFolder(workdir)
+        if not run.config.is_file():
+            raise FileNotFoundError(f"{run.config}: not found; is {run.root} a train.py workdir?")
+        config = ConfigDict(json.loads(run.config.read_text()))
+        card = ModelCard.load(run.model_card)
+        backbone = loop.build_backbone(config, card)
+        variables, _ = restore_variables(
+            run.checkpoint_folder(checkpoint), loop.backbone_shapes(backbone, card)
+        )
+        return cls(config, card, backbone, variables, batch_size)
+
+    def _builtin_transform(self, test) -> Callable:
+        data, card = self.config.data, self.card
+
+        def transform(keypoint, score, img_shape):
+            stored = _stored_sample(data, card, keypoint)
+            return stored if test is None else test(stored, None)
+
+        return transform
+
+    def inputs(self, keypoint, score=None, img_shape=None) -> dict[str, np.ndarray]:
+        """One sequence's model inputs, checked against what the run was trained on."""
+        keypoint = np.asarray(keypoint, np.float32)
+        if keypoint.ndim == 3:
+            keypoint = keypoint[None]  # one person's (T, V, C)
+        layout, coords = self.card.layout, self._coords()
+        if keypoint.ndim != 4 or keypoint.shape[2:] != (layout.num_joints, coords):
+            raise ValueError(
+                f"keypoints of shape {keypoint.shape}: this run takes (persons, frames, "
+                f"{layout.num_joints}, {coords}) for its layout {layout.name!r} "
+                f"({layout.num_joints} joints) with {coords} coordinates"
+            )
+        if not np.isfinite(keypoint).all():
+            raise ValueError("keypoints hold NaN or infinite values; write 0 for missing joints")
+        out = self._transform(keypoint, score, img_shape)
+        return out if isinstance(out, dict) else {"x": out}
+
+    def _coords(self) -> int:
+        data = self.config.data
+        return data.coords if data.name == "custom" else 3
+
+    def predict(
+        self,
+        keypoints: np.ndarray | Sequence[np.ndarray],
+        scores: np.ndarray | Sequence[np.ndarray | None] | None = None,
+        img_shapes: Sequence[tuple[int, int] | None] | tuple[int, int] | None = None,
+    ) -> Predictions:
+        """Probabilities for one sequence (M, T, V, C), a batch (B, M, T, V, C) or a list of
+        sequences of any lengths; scores and img_shapes go with them (one or one each)."""
+        single = isinstance(keypoints, np.ndarray) and keypoints.ndim in (3, 4)
+        sequences = [keypoints] if single else list(keypoints)
+        count = len(sequences)
+        scores = [scores] * count if scores is None or single else list(scores)
+        if img_shapes is None or (len(img_shapes) == 2 and np.isscalar(img_shapes[0])):
+            img_shapes = [img_shapes] * count
+        samples = [
+            self.inputs(k, s, i) for k, s, i in zip(sequences, scores, img_shapes, strict=True)
+        ]
+        rows = []
+        for start in range(0, count, self.batch_size):
+            chunk = samples[start : start + self.batch_size]
+            chunk += [chunk[-1]] * (self.batch_size - len(chunk))  # one compiled shape
+            batch = {k: np.stack([s[k] for s in chunk]) for k in chunk[0]}
+            logits, _ = self._eval_step(self._variables, sharding.global_batch(batch, self._mesh))
+            rows.append(np.asarray(jax.device_get(logits)))
+        probabilities = np.asarray(jax.nn.softmax(np.concatenate(rows)[:count], axis=-1))
+        return Predictions(probabilities, self.card.class_names)
