@@ -44,7 +44,7 @@ class ModelCard:
     @classmethod
     def from_dataset(cls, dataset: Dataset, data: ConfigDict) -> "ModelCard":
         num_classes = dataset.train.num_classes
-        names = dataset.class_names or class_names(data.name, num_classes)
+        names = dataset.class_names or class_names(data.get("name"), num_classes)
         return cls(dataset.layout, dataset.input_shapes(), tuple(names))
 
     def save(self, path: Path) -> None:

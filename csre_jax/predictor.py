@@ -155,9 +155,11 @@ class Predictor:
     ) -> Predictions:
         """Probabilities for one sequence (M, T, V, C), a batch (B, M, T, V, C) or a list of
         sequences of any lengths; scores and img_shapes go with them (one or one each)."""
-        single = isinstance(keypoints, np.ndarray) and keypoints.ndim in (3, 4)
+        single = isinstance(keypoints, np.ndarray) and keypoints.ndim != 5
         sequences = [keypoints] if single else list(keypoints)
         count = len(sequences)
+        if not count:
+            raise ValueError("no sequences to predict")
         scores = [scores] * count if scores is None or single else list(scores)
         if img_shapes is None or (len(img_shapes) == 2 and np.isscalar(img_shapes[0])):
             img_shapes = [img_shapes] * count

@@ -11,6 +11,11 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# The tests are compile-bound (tiny models, a few steps each): without LLVM's optimisations
+# XLA:CPU compiles in half the time, and nothing here is timed (benchmarks/ are). Set before
+# jax starts; the subprocesses that tests launch inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

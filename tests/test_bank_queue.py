@@ -183,7 +183,8 @@ print("ok", q4.pointer)
 
 def test_row_sharded_queue_matches_one_device():
     """Four emulated devices, five rows each (the last two are padding): same writes, same loss."""
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    devices = "--xla_force_host_platform_device_count=4"
+    env = os.environ | {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} {devices}"}
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -67,7 +67,10 @@ def runs(tmp_path_factory):
         for index in range(2)
     ]
     processes.append(
-        _launch(root / "one_process", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+        _launch(
+            root / "one_process",
+            {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"},
+        )
     )
     for process in processes:
         output, _ = process.communicate(timeout=600)

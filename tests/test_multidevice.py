@@ -21,7 +21,7 @@ SAVE_AFTER, STEPS = 2, 4
 def runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("multidevice")
     env = os.environ | {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8",
         "PYTHONPATH": str(REPO),
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
     }

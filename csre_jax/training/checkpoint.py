@@ -171,6 +171,13 @@ class Checkpointer:
         self._best.close()
 
 
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Each leaf's shape by its path; empty collections (HCN has no batch_stats), which orbax
+    does not store, drop out."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): leaf.shape for path, leaf in leaves}
+
+
 def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
     """Backbone variables from a run's best/ folder, or from a full state in checkpoints/.
 
@@ -192,7 +199,7 @@ def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
                 step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
             )
             variables = raw.variables
-    if jax.tree.map(lambda x: x.shape, target) != jax.tree.map(lambda x: x.shape, variables):
+    if _leaf_shapes(target) != _leaf_shapes(variables):
         raise ValueError(
             f"{directory / str(step)}: the checkpoint's parameters do not fit the configured "
             f"model (shapes differ, e.g. another dataset, class count or width). Evaluate it "

@@ -1,0 +1,91 @@
+"""Predictions get exactly the inputs evaluation gets: raw keypoints, an NTU `.skeleton` file
+or an NW-UCLA clip become the official feeders' test-time samples, and a sequence the run
+cannot take is refused with the shape it takes.
+
+The predictors here are untrained (no checkpoint): preprocessing and input checks come
+before any computation. tests/test_custom_data.py predicts from trained runs.
+"""
+
+import importlib
+
+import numpy as np
+import pyskl_files
+import pytest
+
+from csre_jax.data import transforms
+from csre_jax.layouts import load_layout
+from csre_jax.model_card import ModelCard
+from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
+from csre_jax.training import loop
+
+
+def _predictor(config, card: ModelCard) -> Predictor:
+    config.num_devices = 1
+    return Predictor(config, card, loop.build_backbone(config, card), variables={})
+
+
+@pytest.fixture(scope="module")
+def coco_predictor(tmp_path_factory) -> Predictor:
+    config = importlib.import_module("configs.ctrgcn").get_config("custom,tiny")
+    config.data.path = str(pyskl_files.coco_file(tmp_path_factory.mktemp("coco")))
+    config.data.coords = 2  # what loading the file fills in
+    return _predictor(config, ModelCard(load_layout("coco"), {"x": (3, 16, 17, 2)}, ("a", "b")))
+
+
+@pytest.mark.parametrize(
+    ("keypoints", "message"),
+    [
+        (np.zeros((2, 30, 25, 2)), r"keypoints of shape \(2, 30, 25, 2\): this run takes "),
+        (np.zeros((2, 30, 17, 3)), r"\(persons, frames, 17, 2\) for its layout 'coco'"),
+        (np.zeros((30, 17)), r"shape \(30, 17\)"),
+        (np.full((1, 30, 17, 2), np.nan), "NaN or infinite"),
+        (np.zeros((1, 30, 17, 2)), r"give keypoint_score of shape \(1, 30, 17\)"),
+        ([], "no sequences"),
+    ],
+)
+def test_input_the_run_cannot_take_is_refused(coco_predictor, keypoints, message):
+    with pytest.raises(ValueError, match=message):
+        coco_predictor.predict(keypoints)
+
+
+def test_custom_keypoints_take_the_test_split_path(coco_predictor):
+    """The same keypoints with and without the person axis, alone or in a list."""
+    rng = np.random.default_rng(0)
+    keypoint = rng.uniform(0, 1, (1, 40, 17, 2)) * [640, 480]  # x, y pixels of a 480 x 640 image
+    score = rng.uniform(0, 1, (1, 40, 17))
+    x = coco_predictor.inputs(keypoint, score, (480, 640))["x"]
+    assert x.shape == (3, 16, 17, 2) and np.abs(x[:2]).max() <= 1
+    np.testing.assert_array_equal(coco_predictor.inputs(keypoint[0], score, (480, 640))["x"], x)
+
+
+def test_ntu_skeleton_file_becomes_the_official_test_sample(shared_dir):
+    """Camera 1's four raw files through the predictor equal the official preparation's
+    NTU60 X-view test rows through the CTR-GCN test feeder."""
+    config = importlib.import_module("configs.ctrgcn").get_config("ntu60,xview")
+    predictor = _predictor(
+        config, ModelCard(load_layout("ntu"), {"x": (3, 64, 25, 2)}, tuple(map(str, range(60))))
+    )
+    raw = sorted((shared_dir / "data" / "ntu" / "raw_samples").glob("S*C001*.skeleton"))
+    ours = [predictor.inputs(keypoints_from_skeleton_file(path))["x"] for path in raw]
+    rows = np.load(shared_dir / "fixtures" / "ntu_pipeline" / "NTU60_CV.npz")["x_test"]
+    feeder = transforms.ntu_transform(train=False, stream="joint", variant="ctrgcn")
+    official = [feeder(transforms.ntu_row_to_sample(row), None) for row in rows]
+    assert len(ours) == len(official) == 4
+    matches = [min(range(4), key=lambda j, x=x: np.abs(x - official[j]).max()) for x in ours]
+    assert sorted(matches) == [0, 1, 2, 3]
+    for x, j in zip(ours, matches, strict=True):
+        np.testing.assert_allclose(x, official[j], atol=1e-5)
+
+
+def test_ucla_clip_becomes_the_official_test_sample(shared_dir):
+    """NW-UCLA clips through the predictor equal the official test feeder's outputs."""
+    config = importlib.import_module("configs.ctrgcn").get_config("ucla,bone")
+    predictor = _predictor(
+        config, ModelCard(load_layout("ucla"), {"x": (3, 52, 20, 1)}, tuple(map(str, range(10))))
+    )
+    fixture = np.load(shared_dir / "fixtures" / "feeders_test_mode.npz")
+    clips = shared_dir / "data" / "NW-UCLA" / "all_sqe"
+    names, samples = fixture["ctrgcn_ucla_val_names"], fixture["ctrgcn_ucla_val_bone"]
+    for name, official in list(zip(names, samples, strict=True))[:4]:
+        clip = transforms.load_ucla_clip(clips / f"{name}.json")
+        np.testing.assert_allclose(predictor.inputs(clip[None])["x"], official, atol=1e-5)
