@@ -1,6 +1,7 @@
 """NTU preparation against the official outputs on real and planted-noise raw files."""
 
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -246,7 +247,10 @@ def test_cli_reports_corrupt_file_and_resumes_from_cache(raw_dir, tmp_path):
     with np.load(out / "NTU60_CV.npz") as split:
         assert split["x_test"].shape == (2, 103, 150) and split["x_train"].shape == (1, 103, 150)
 
-    (raw / "S001C001P001R001A001.skeleton").write_text("garbage")  # cached: must not be read
+    cached = raw / "S001C001P001R001A001.skeleton"  # same size and mtime: must not be read
+    stat = cached.stat()
+    cached.write_bytes(b"x" * stat.st_size)
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert ntu_prepare.main(["ntu60", "--raw", str(raw), "--out", str(out)]) == 1
     report = json.loads((out / "report.json").read_text())
     assert (report["processed"], report["from_cache"]) == (0, 3)

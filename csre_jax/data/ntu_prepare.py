@@ -5,7 +5,10 @@ get_raw_denoised_data.py and seq_transformation.py: denoising and choice of at m
 actors, centring on actor 1's spine mid, padding to the longest sample, and the split order that
 fixes each sample's dataset index (hence its memory-bank slot). The CLI runs samples in parallel,
 caches each denoised sample so that an interrupted run resumes, and collects corrupt files into
-OUT/report.json instead of stopping at the first.
+OUT/report.json instead of stopping at the first. A file holding a NaN or infinite joint
+coordinate is corrupt (ntu_raw says why): the sample is rejected, not repaired. A cache entry
+records the raw file's size and modification time, so a changed (for example fixed) file is
+read again.
 
     python -m csre_jax.data.ntu_prepare ntu120 --raw DIR [--raw DIR2 ...] --out DIR [--workers 2]
 """
@@ -237,16 +240,33 @@ def _atomic_write(path: Path, write) -> None:
         write(f)
 
 
+def _raw_stamp(path: Path) -> dict[str, int]:
+    """The raw file's size and mtime: a cache entry holds only for the file it was made from."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _is_cached(cache: Path, name: str, path: Path) -> bool:
+    array_path, entry_path = _cache_paths(cache, name)
+    try:
+        entry = json.loads(entry_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return array_path.exists() and entry.get("raw") == _raw_stamp(path)
+
+
 def _process(job: tuple[str, Path, Path]) -> tuple[str, str | None]:
     """Worker: parse and denoise one file into the cache; an error comes back as its message."""
     name, path, cache = job
     try:
+        stamp = _raw_stamp(path)  # taken first: a file changed while read is read again
         joints, report = denoise(read_skeleton(path))
     except (ValueError, OSError) as err:
         return name, str(err)
-    array_path, report_path = _cache_paths(cache, name)
-    _atomic_write(report_path, lambda f: f.write(json.dumps(report).encode()))
-    _atomic_write(array_path, lambda f: np.save(f, joints))  # written last: marks the sample done
+    array_path, entry_path = _cache_paths(cache, name)
+    _atomic_write(array_path, lambda f: np.save(f, joints))
+    entry = {"raw": stamp, "report": report}  # written last: marks the sample done
+    _atomic_write(entry_path, lambda f: f.write(json.dumps(entry).encode()))
     return name, None
 
 
@@ -275,7 +295,7 @@ def prepare(dataset: str, raw_dirs: Sequence[Path], out: Path, workers: int = 2)
     missing = missing_skeletons(dataset)
     skipped = sorted(set(files) & missing)
     names = sorted(set(files) - missing)
-    todo = [name for name in names if not _cache_paths(cache, name)[0].exists()]
+    todo = [name for name in names if not _is_cached(cache, name, files[name])]
     jobs = [(name, files[name], cache) for name in todo]
     errors = {}
     with multiprocessing.get_context("spawn").Pool(max(workers, 1)) as pool:
@@ -289,9 +309,9 @@ def prepare(dataset: str, raw_dirs: Sequence[Path], out: Path, workers: int = 2)
     repaired = {}
     frames = []
     for name in names:
-        array_path, report_path = _cache_paths(cache, name)
+        array_path, entry_path = _cache_paths(cache, name)
         frames.append(np.load(array_path, mmap_mode="r").shape[0])
-        sample_report = json.loads(report_path.read_text())
+        sample_report = json.loads(entry_path.read_text())["report"]
         if any(value for key, value in sample_report.items() if key != "actors"):
             repaired[name] = sample_report
     t_max = max(frames)
@@ -333,10 +353,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{report['samples']} samples (T_max {report['t_max']}): {report['processed']} processed, "
         f"{report['from_cache']} from cache, {len(report['repaired'])} repaired, "
-        f"{len(report['skipped_missing'])} skipped as missing skeletons"
+        f"{len(report['skipped_missing'])} skipped as missing skeletons, "
+        f"{len(report['errors'])} rejected as corrupt"
     )
     for name, error in sorted(report["errors"].items()):
         print(f"error: {name}: {error}", file=sys.stderr)
+    if report["errors"]:
+        print(
+            f"the rejected samples are left out of the split files ({args.out / 'report.json'} "
+            "lists them); restore or delete their files and run again: changed files are re-read",
+            file=sys.stderr,
+        )
     return 1 if report["errors"] else 0
 
 

@@ -4,6 +4,11 @@ official get_raw_skes_data.py, CTR-GCN's data/ntu{,120}/).
 Values are kept in float64, exactly as written in the file; the preparation casts them to
 float32 the way the official scripts do. The official extraction assumes that each body occupies
 a contiguous run of the kept frames; `RawBody.start` carries that assumption forward.
+
+A NaN or infinite x, y or z (the values that reach the split files) makes the file corrupt, like
+a truncated one: the error names the line, frame, body and joint, and the preparation leaves the
+sample out. The other values of a joint line (depth and colour pixels, orientation, tracking
+state) are not used downstream and are not checked.
 """
 
 from __future__ import annotations
@@ -68,8 +73,9 @@ class _Lines:
             raise self.fail(self.pos, f"expected {what} (one non-negative integer), found {tokens}")
         return int(tokens[0])
 
-    def joint_block(self) -> np.ndarray:
-        """The next 25 joint lines as a (25, 12) float64 array."""
+    def joint_block(self, where: str) -> np.ndarray:
+        """The next 25 joint lines as a (25, 12) float64 array with finite x, y, z; `where`
+        (frame and body) goes into the error."""
         first = self.pos
         block = self.lines[first : first + NUM_JOINTS]
         rows = [line.split() for line in block]
@@ -87,7 +93,7 @@ class _Lines:
             )
         self.pos += NUM_JOINTS
         try:
-            return np.array(rows, dtype=np.float64)
+            values = np.array(rows, dtype=np.float64)
         except ValueError:
             for offset, row in enumerate(rows):
                 try:
@@ -97,6 +103,15 @@ class _Lines:
                         first + offset + 1, f"non-numeric joint value ({err})"
                     ) from None
             raise
+        bad = np.argwhere(~np.isfinite(values[:, :3]))
+        if bad.size:
+            joint, axis = bad[0]
+            raise self.fail(
+                first + joint + 1,
+                f"non-finite joint coordinate {'xyz'[axis]} = {values[joint, axis]} ({where}, "
+                f"joint {joint}); the file is corrupt: restore it from the NTU RGB+D download",
+            )
+        return values
 
 
 def read_skeleton(path: str | Path) -> RawSkeleton:
@@ -124,7 +139,8 @@ def read_skeleton(path: str | Path) -> RawSkeleton:
             if joint_count != NUM_JOINTS:
                 raise lines.fail(lines.pos, f"expected {NUM_JOINTS} joints, found {joint_count}")
             starts.setdefault(info[0], kept)
-            blocks.setdefault(info[0], []).append(lines.joint_block())
+            block = lines.joint_block(f"frame {frame}, body {info[0]}")
+            blocks.setdefault(info[0], []).append(block)
     if skeleton.num_frames == 0:
         raise lines.fail(1, f"expected at least one frame holding a body, found none of {total}")
     for body_id, rows in blocks.items():

@@ -273,6 +273,13 @@ def generate(
     present[:, 1] = rng.random(num_samples) < _PARTNER_PROB
     joints *= present[:, :, None, None]
     x = joints[:, :, :num_persons].transpose(1, 4, 3, 0, 2)  # (V, N, M, T, C) -> (N, C, T, V, M)
+    finite = np.isfinite(x).reshape(num_samples, -1).all(axis=1)
+    if not finite.all():  # a guard for edits here: NaN inputs would show up as a diverged loss
+        raise FloatingPointError(
+            f"synthetic sample {np.flatnonzero(~finite)[0]} holds NaN or infinite joints "
+            f"({np.sum(~finite)} of {num_samples} samples, seed {seed}): the generator in "
+            "csre_jax/data/synthetic.py is broken, undo the last change to it"
+        )
     return {"x": np.ascontiguousarray(x), "label": label}
 
 

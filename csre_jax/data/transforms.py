@@ -207,8 +207,14 @@ def ntu_transform(
     return transform
 
 
+class NonFiniteClipError(ValueError):
+    """A clip whose "skeletons" hold NaN or infinity (JSON's NaN and Infinity parse): one such
+    clip turns its whole normalised sample into NaN, so it is refused when read."""
+
+
 def load_ucla_clip(path: str | Path) -> np.ndarray:
-    """The "skeletons" of one NW-UCLA JSON file as (F, 20, 3) float64 (other keys ignored)."""
+    """The "skeletons" of one NW-UCLA JSON file as finite (F, 20, 3) float64 (other keys
+    ignored)."""
     try:
         with open(path, encoding="utf-8") as f:
             clip = np.asarray(json.load(f)["skeletons"], dtype=np.float64)
@@ -217,6 +223,15 @@ def load_ucla_clip(path: str | Path) -> np.ndarray:
         raise ValueError(f'{path}: not a clip with a numeric "skeletons" array ({reason})') from e
     if clip.ndim != 3 or clip.shape[0] < 1 or clip.shape[1:] != (UCLA_JOINTS, 3):
         raise ValueError(f'{path}: "skeletons" has shape {clip.shape}, expected (F, 20, 3)')
+    bad = np.argwhere(~np.isfinite(clip))
+    if bad.size:
+        frame, joint, axis = bad[0]
+        raise NonFiniteClipError(
+            f'{path}: "skeletons" holds NaN or infinity in {len(bad)} of its {clip.size} '
+            f"values (the first, {clip[frame, joint, axis]}, at frame {frame}, joint {joint}, "
+            f"{'xyz'[axis]}); replace the file with the clip from CTR-GCN's NW-UCLA all_sqe "
+            "download"
+        )
     return clip
 
 

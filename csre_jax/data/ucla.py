@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csre_jax.data.transforms import load_ucla_clip
+from csre_jax.data.transforms import NonFiniteClipError, load_ucla_clip
 
 SPLITS = ("train", "val")
 CLIP_FOLDER = "all_sqe"
@@ -60,7 +60,9 @@ def load_split(root: str | Path, split: str) -> tuple[list[np.ndarray], np.ndarr
     """All clips of `split` ("train" or "val") in official order: ([(F, 20, 3) float32], labels).
 
     Labels are int32 and 0-based. A missing root or clip raises FileNotFoundError naming the
-    path, the config field data.root and the fix.
+    path, the config field data.root and the fix; clips holding NaN or infinity raise one
+    NonFiniteClipError naming the first and counting the others (all are checked here, before
+    training, because one such clip makes its samples NaN and the loss diverges).
     """
     stems, labels = split_entries(split)
     folder = clip_dir(root)
@@ -72,7 +74,15 @@ def load_split(root: str | Path, split: str) -> tuple[list[np.ndarray], np.ndarr
             f"NW-UCLA clip {missing[0]} not found (config field data.root={root}"
             f"{count if len(missing) > 1 else ''}); {FIX}"
         )
-    clips = [load_ucla_clip(p).astype(np.float32) for p in paths]
+    clips, non_finite = [], []
+    for path in paths:
+        try:
+            clips.append(load_ucla_clip(path).astype(np.float32))
+        except NonFiniteClipError as error:
+            non_finite.append(error)
+    if non_finite:
+        count = f" ({len(non_finite)} of the {len(paths)} {split} clips hold such values)"
+        raise NonFiniteClipError(f"{non_finite[0]}{count if len(non_finite) > 1 else ''}")
     return clips, labels
 
 
