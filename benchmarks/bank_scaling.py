@@ -30,9 +30,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from csre_jax import sharding
 from csre_jax.csre.bank import MemoryBank, create_bank, create_queue
 from csre_jax.csre.loss import ContrastConfig, bank_loss
-from csre_jax.training import parallel
 
 BANKS = ("spatial", "temporal")
 
@@ -44,7 +44,7 @@ def full_banks(kind: str, slots: int, args, mesh) -> dict[str, MemoryBank]:
         empty = create_queue(slots, args.dim, batch_size=args.batch, pad_to_multiple=mesh.size)
     else:
         empty = create_bank(labels, args.dim, pad_to_multiple=mesh.size)
-    rows = jax.tree.map(lambda _: NamedSharding(mesh, P(parallel.DATA_AXIS)), empty)
+    rows = jax.tree.map(lambda _: NamedSharding(mesh, P(sharding.DATA_AXIS)), empty)
     real = jnp.arange(empty.features.shape[0]) < slots
 
     @jax.jit(out_shardings=rows)
@@ -82,12 +82,12 @@ def contrast_call(banks, features, labels, indices, rng):
 def measure(kind: str, slots: int, args, mesh) -> dict:
     """Compile seconds, median ms per call, bank bytes (total and per device), XLA memory."""
     banks = full_banks(kind, slots, args, mesh)
-    rows = jax.tree.map(lambda _: NamedSharding(mesh, P(parallel.DATA_AXIS)), banks)
-    batch = NamedSharding(mesh, P(parallel.DATA_AXIS))
+    rows = jax.tree.map(lambda _: NamedSharding(mesh, P(sharding.DATA_AXIS)), banks)
+    batch = NamedSharding(mesh, P(sharding.DATA_AXIS))
     call = jax.jit(
         contrast_call,
-        in_shardings=(rows, NamedSharding(mesh, P(None, parallel.DATA_AXIS)), batch, batch, None),
-        out_shardings=(parallel.replicated(mesh), None, rows),
+        in_shardings=(rows, NamedSharding(mesh, P(None, sharding.DATA_AXIS)), batch, batch, None),
+        out_shardings=(sharding.replicated(mesh), None, rows),
         donate_argnums=0,
     )
     rng = np.random.default_rng(0)
@@ -143,7 +143,7 @@ def mib(n) -> str:
 
 
 def slots_table(args) -> None:
-    mesh = parallel.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     print(
         f"(a) One device, batch {args.batch}, dim {args.dim}, {args.classes} classes, both banks;"
         f" median of {args.reps} calls after a warm-up call.\n"
@@ -218,7 +218,7 @@ def main():
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.devices = [int(d) for d in args.devices.split(",")]
     if args.child:
-        mesh = parallel.make_mesh()
+        mesh = sharding.make_mesh()
         for kind in ("per-sample", "queue"):
             print(json.dumps(measure(kind, args.mesh_slots, args, mesh)), flush=True)
         return
