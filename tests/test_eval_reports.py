@@ -155,7 +155,7 @@ def test_report_of_a_trained_two_stream_synthetic_run(tmp_path):
     assert "fraction 0.1 seed 0 as recorded in validation_split.json" in two["weights_source"]
     assert written["baseline"]["analysed"] == "joint"
     assert len(written["per_class"]) == 10 and written["tsne"]["points"] == 48
-    for name in ("report.md", "confusion.png", "tsne.png", "per_class_delta.png"):
+    for name in ("report.md", "confusion.png", "tsne.png", "per_class_delta.png", "curves.png"):
         assert (tmp_path / "report" / name).is_file(), name
 
     # the same runs against scores of a shorter test set: refused, both files named

@@ -1,4 +1,5 @@
-"""The report's PNG figures: confusion heat map, t-SNE of test features, per-class changes.
+"""The report's PNG figures: confusion heat map, t-SNE of test features, per-class changes,
+training curves.
 
 matplotlib's object API (Figure, no pyplot) renders with Agg off screen and leaves the
 process's global plotting state alone; matplotlib and scikit-learn are imported only here, so
@@ -112,4 +113,52 @@ def delta_png(path: Path, delta: np.ndarray, names: list[str]) -> None:
     ax.set_xlabel("accuracy change against the baseline (points)")
     ax.set_ylim(-0.5, len(order) - 0.5)
     ax.set_title("Per-class accuracy change")
+    _save(figure, path)
+
+
+def _curve_panels(runs: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
+    """(record kind, metric, title) of each panel: total loss, CE, each bank's loss found in
+    any run (a run without that bank has no line there), learning rate, test top-1."""
+    names = {name for records in runs.values() for r in records for name in r}
+    banks = sorted(name for name in names if name.startswith("loss_"))
+    return [
+        ("train_step", "loss", "loss = CE + weight · mean bank loss"),
+        ("train_step", "ce", "cross-entropy"),
+        *[("train_step", bank, f"{bank.removeprefix('loss_')} bank InfoNCE") for bank in banks],
+        ("train_step", "lr", "learning rate"),
+        ("epoch", "test_top1", "test top-1 %"),
+    ]
+
+
+def curves_png(path: Path, runs: dict[str, list[dict]]) -> None:
+    """Training curves of one or more runs (name -> its metrics.jsonl records), one colour
+    per run: the step records' losses and learning rate by step, test top-1 by epoch."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    panels = _curve_panels(runs)
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    legend_rows = -(-len(runs) // 2)
+    figure = Figure(figsize=(4.5 * columns, 3.2 * rows + 0.3 * legend_rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    colours = colormaps["tab10"]
+    for ax, (kind, metric, title) in zip(axes, panels, strict=False):
+        x_key = "epoch" if kind == "epoch" else "step"
+        for i, records in enumerate(runs.values()):
+            points = [(r[x_key], r[metric]) for r in records if r["kind"] == kind and metric in r]
+            if points:
+                marker = "o" if kind == "epoch" else None
+                ax.plot(*zip(*points, strict=True), color=colours(i % 10), marker=marker)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x_key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    handles = [Line2D([], [], color=colours(i % 10), label=name) for i, name in enumerate(runs)]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    figure.suptitle("Training curves (metrics.jsonl)")
     _save(figure, path)

@@ -1,6 +1,7 @@
 """Which classes an evaluation gets right: per-class accuracy, the paper's difficulty levels,
 the most confused pairs and, against a baseline (e.g. the same backbone without CSRE), which
-classes gained or lost; written as report.json, report.md and PNG figures."""
+classes gained or lost; written as report.json, report.md and PNG figures, with the training
+curves of the runs that are run folders."""
 
 import json
 from pathlib import Path
@@ -12,6 +13,8 @@ from csre_jax.evaluate.class_names import class_names
 from csre_jax.evaluate.ensembles import SHORT_NAMES, Result, RunsEvaluation
 from csre_jax.evaluate.scores import ScoreFile, check_same_samples
 from csre_jax.fileio import atomic_write
+from csre_jax.training.metrics import read_metrics
+from csre_jax.workdir import RunFolder
 
 # The paper's difficulty levels by per-class accuracy: hard < 80% <= medium < 90% <= easy.
 LEVELS = ("hard", "medium", "easy")
@@ -117,6 +120,26 @@ def _tsne_source(evaluation: RunsEvaluation) -> Result | None:
     return next((run for run in evaluation.runs if run.features is not None), None)
 
 
+def _run_folder(result: Result) -> RunFolder | None:
+    """The run folder whose scores/ holds this run's score file, when it logged metrics."""
+    if not result.path:
+        return None
+    score_file = Path(result.path)
+    run = RunFolder(score_file.parent.parent)
+    return run if score_file.parent == run.test_scores.parent and run.metrics.is_file() else None
+
+
+def _training_curves(*evaluations: RunsEvaluation | None) -> dict[str, list[dict]]:
+    """Run folder -> its metrics.jsonl records, for every evaluated run that is a run folder
+    (a baseline's too; each folder once)."""
+    curves = {}
+    for evaluation in filter(None, evaluations):
+        for run in filter(None, map(_run_folder, evaluation.runs)):
+            if str(run.root) not in curves:
+                curves[str(run.root)] = read_metrics(run.root)
+    return curves
+
+
 def build_report(evaluation: RunsEvaluation, baseline: RunsEvaluation | None = None, top: int = 10):
     """The report as a JSON-ready dict, plus the arrays the figures need."""
     main = evaluation.main
@@ -170,8 +193,9 @@ def write_report(
     top: int = 10,
     max_tsne_points: int = 2000,
 ) -> dict:
-    """report.json, report.md, confusion.png, tsne.png (when the score files hold features)
-    and, against a baseline, per_class_delta.png; returns the report."""
+    """report.json, report.md, confusion.png, tsne.png (when the score files hold features),
+    curves.png (when runs are run folders with metrics.jsonl) and, against a baseline,
+    per_class_delta.png; returns the report."""
     folder = Path(folder)
     report, arrays = build_report(evaluation, baseline, top)
     report["figures"] = {"confusion": "confusion.png"}
@@ -193,6 +217,14 @@ def write_report(
     if "delta" in arrays:
         figures.delta_png(folder / "per_class_delta.png", arrays["delta"], arrays["names"])
         report["figures"]["per_class_delta"] = "per_class_delta.png"
+    curves = _training_curves(evaluation, baseline)
+    if curves:
+        figures.curves_png(folder / "curves.png", curves)
+        report["figures"]["curves"] = "curves.png"
+        report["curves_of"] = list(curves)
+    else:
+        note = "no training curves: no evaluated run is a run folder with metrics.jsonl"
+        report["notes"] = [*report["notes"], note]
     with atomic_write(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     with atomic_write(folder / "report.md") as tmp:

@@ -1,4 +1,7 @@
-"""Metrics as JSON lines (one record per logging step and per epoch); process 0 writes."""
+"""Metrics as JSON lines (one record per logging step and per epoch) and as TensorBoard event
+files beside them, so a run can be watched with `tensorboard --logdir=<runs>`; process 0
+writes. A resumed run first drops what was logged after its checkpoint, so each step is kept
+once in both."""
 
 import json
 import math
@@ -6,16 +9,46 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 
+from csre_jax.fileio import atomic_write
 from csre_jax.workdir import RunFolder
+
+# TensorBoard tags are '<kind>/<metric>'; step records read as 'train/loss', 'train/lr'.
+_TAG_PREFIX = {"train_step": "train"}
+# How often the event writer's thread flushes to disk: TensorBoard shows a step this late.
+_FLUSH_SECONDS = 5
 
 
 class MetricWriter:
-    """Appends {'kind': ..., 'step': ..., **values} records to workdir/metrics.jsonl."""
+    """Appends {'kind': ..., 'step': ..., **values} records to workdir/metrics.jsonl and one
+    TensorBoard scalar per value to the workdir's event files.
 
-    def __init__(self, workdir: Path):
+    `resume_step`: the step training (re)starts from (0 for a fresh start). Records after it,
+    left by a run that was stopped after its last checkpoint, are removed from metrics.jsonl
+    (atomically) and hidden from TensorBoard (tensorboardX's purge_step), so the steps logged
+    again are kept once. None keeps whatever is there. Call close() (or use `with`) to flush
+    the event file.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int | None = None):
         self._path = RunFolder(workdir).metrics
         self._active = jax.process_index() == 0
+        self._events = None
+        if not self._active:
+            return
+        if resume_step is not None and self._path.is_file():
+            kept = [line for line, r in _parse(self._path) if r["step"] <= resume_step]
+            with atomic_write(self._path) as tmp:
+                tmp.write_text("".join(f"{line}\n" for line in kept))
+        # One event file per (re)start; TensorBoard reads them in name order, the time in
+        # seconds first, then this suffix, so a resume's purge follows what it purges.
+        self._events = SummaryWriter(
+            str(self._path.parent),
+            purge_step=None if resume_step is None else resume_step + 1,
+            flush_secs=_FLUSH_SECONDS,
+            filename_suffix=f".step{resume_step or 0:010d}",
+        )
 
     def write(self, kind: str, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -25,6 +58,20 @@ class MetricWriter:
             record = {"kind": kind, "step": int(step)} | {k: float(v) for k, v in values.items()}
             with self._path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            prefix = _TAG_PREFIX.get(kind, kind)
+            for name, value in values.items():
+                self._events.add_scalar(f"{prefix}/{name}", float(value), int(step))
+
+    def close(self) -> None:
+        """Writes the pending TensorBoard events and closes the event file."""
+        if self._events is not None:
+            self._events.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -33,7 +80,24 @@ def mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
+def _parse(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each record of a metrics.jsonl. A torn last line (the process was
+    killed while writing it) is dropped; a damaged line before it is an error."""
+    lines = [line for line in path.read_text().splitlines() if line]
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append((line, json.loads(line)))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{path}:{number}: not a JSON record ({error}); delete or repair that line"
+            ) from error
+    return parsed
+
+
 def read_metrics(workdir: Path, kind: str | None = None) -> list[dict]:
-    path = RunFolder(workdir).metrics
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The records of a run's metrics.jsonl, of one kind ('train_step', 'epoch') or all."""
+    records = [record for _, record in _parse(RunFolder(workdir).metrics)]
     return [r for r in records if kind is None or r["kind"] == kind]
