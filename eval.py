@@ -20,13 +20,14 @@ matrix, t-SNE, and with --baseline the classes that gained or lost most).
 import functools
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from csre_jax.cli import parse_flags, start
+from csre_jax.cli import exit_if_bad, parse_flags, start
 from csre_jax.data.datasets import load_dataset
 from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
 from csre_jax.evaluate.ensembles import RunsEvaluation, evaluate_runs
@@ -70,10 +71,43 @@ _SEARCH_WEIGHTS = flags.DEFINE_bool(
     "search_weights", False, "Search ensemble weights on the runs' validation scores."
 )
 _REPORT = flags.DEFINE_string("report", None, "Folder for report.json, report.md and figures.")
-_TOP_CLASSES = flags.DEFINE_integer("top_classes", 10, "Classes listed as gained/lost/confused.")
+_TOP_CLASSES = flags.DEFINE_integer(
+    "top_classes", 10, "Classes listed as gained/lost/confused.", lower_bound=1
+)
 _EXPORT_PICKLE = flags.DEFINE_string(
     "export_pickle", None, "Write the one --runs entry's test scores as a CTR-GCN pickle."
 )
+
+
+def _existing_paths(paths: list[str] | str | None) -> bool:
+    """Checks a path flag when it is parsed, so the error names the flag and the path: each
+    must exist, and an .npz must be an archive (numpy's own error names no file)."""
+    for path in map(Path, [paths] if isinstance(paths, str) else paths or []):
+        if not path.exists():
+            raise flags.ValidationError(f"{path} does not exist")
+        if path.suffix == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+            raise flags.ValidationError(
+                f"{path} is not an .npz archive (truncated, or another format); pass a score "
+                "file that eval.py --workdir or train.py wrote"
+            )
+    return True
+
+
+def _numbers(values: list[str] | None) -> bool:
+    for value in values or []:
+        try:
+            float(value)
+        except ValueError:
+            raise flags.ValidationError(
+                f"{value!r} is not a number; give one weight per --runs entry, in its order, "
+                "e.g. --weights=0.6,0.6,0.4,0.4"
+            ) from None
+    return True
+
+
+for _flag in ("workdir", "runs", "val_runs", "labels", "baseline", "baseline_val_runs"):
+    flags.register_validator(_flag, _existing_paths)
+flags.register_validator("weights", _numbers)
 
 
 def _run_config(run: RunFolder) -> ConfigDict:
@@ -82,7 +116,13 @@ def _run_config(run: RunFolder) -> ConfigDict:
     path = run.config
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; pass --config=<the run's config file>")
-    return ConfigDict(json.loads(path.read_text()))
+    try:
+        config = ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not a readable run config ({error}); pass --config=<the run's config file>"
+        ) from error
+    return exit_if_bad(config)
 
 
 def score_run(workdir: Path) -> None:
@@ -149,17 +189,17 @@ def evaluate_and_report() -> None:
 
 
 def main(argv):
-    start(argv)
-    if _RUNS.value:
-        try:
-            evaluate_and_report()
-        except (ValueError, FileNotFoundError) as error:
-            sys.stderr.write(f"error: {error}\n")
-            raise SystemExit(1) from error
-    elif _WORKDIR.value:
-        score_run(Path(_WORKDIR.value))
-    else:
+    start(argv, _CONFIG.value)
+    if not (_RUNS.value or _WORKDIR.value):
         raise app.UsageError("pass --runs=<runs or score files> to evaluate, or --workdir=<run>")
+    try:
+        if _RUNS.value:
+            evaluate_and_report()
+        else:
+            score_run(Path(_WORKDIR.value))
+    except (ValueError, FileNotFoundError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        raise SystemExit(1) from error
 
 
 if __name__ == "__main__":

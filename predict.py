@@ -13,16 +13,19 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from csre_jax.cli import start
+from csre_jax.cli import parse_flags, start
 from csre_jax.data import pyskl
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run folder.")
 _INPUT = flags.DEFINE_string("input", None, "A .pkl (pyskl), .npy or NTU .skeleton file.")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "Classes printed per sequence.")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "Classes printed per sequence.", lower_bound=1)
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which model.")
 _BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 0, "Sequences per compiled batch (0: the run's data.eval_batch_size)."
+    "batch_size",
+    0,
+    "Sequences per compiled batch (0: the run's data.eval_batch_size).",
+    lower_bound=0,
 )
 
 
@@ -71,4 +74,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir", "input"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -9,20 +9,31 @@ On a cluster, start one process per host (or per GPU) with the same flags; see R
 ("Clusters") for what starts jax.distributed.
 """
 
+import sys
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from csre_jax.cli import parse_flags, start
+from csre_jax.training.interrupts import Stopped
 from csre_jax.training.loop import train_and_evaluate
+from csre_jax.training.run_record import ResumeRefused
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and scores.")
 
 
 def main(argv):
-    start(argv)
-    best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    start(argv, _CONFIG.value)
+    try:
+        best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Stopped as stop:  # a signal: the checkpoint is written, say how to resume
+        sys.stderr.write(f"\n{stop}\n")
+        sys.exit(stop.exit_code)
+    except ResumeRefused as refused:
+        sys.stderr.write(f"error: {refused}\n")
+        sys.exit(2)
     if best and jax.process_index() == 0:
         print(
             f"best test top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) "

@@ -12,5 +12,5 @@ from configs import ctrgcn
 
 def get_config(arg: str | None = None) -> ConfigDict:
     config = ctrgcn.get_config(arg)
-    config.model.name = "agcn"  # the official widths (base_channels 64); tiny: 8, as CTR-GCN
+    config.model.name = "agcn"  # model.kwargs: CTR-GCN's, the same settings (tiny: 8 wide)
     return config

@@ -17,8 +17,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = common.base_config()
     common.set_data(config, picked)
 
-    config.model.name = "blockgcn"
-    config.model.kwargs = ConfigDict()  # the official widths (base_channels 64)
+    common.set_model(config, "blockgcn")  # model.kwargs: the official widths
 
     config.seed = 2
     config.num_epochs = 150 if ucla else 140

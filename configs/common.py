@@ -7,12 +7,17 @@ order, e.g. 'ntu120,xset,bone' or 'ucla,tiny' (see `parse_experiment_arg`): the 
 keeps the model, the recipe's optimiser and the input layout of the dataset but shrinks the
 widths and trains on synthetic skeletons of that layout, so it runs anywhere in seconds.
 'custom' trains on your own pyskl annotation pickle in any layout (`set_data`).
+
+The fields are fixed here: `base_config` returns a locked ConfigDict, and only the setters
+below add the fields of a dataset or a backbone. A misspelt field in a config file is then
+an error, not a new field beside the real one, which would silently keep its default.
 """
 
 from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
+from csre_jax.config_checks import backbone_knobs
 from csre_jax.data.transforms import NTU_TEST_P, NTU_TRAIN_P, NTU_WINDOW, STREAMS
 
 DATASETS = ("ntu60", "ntu120", "ucla", "custom")
@@ -60,7 +65,7 @@ def parse_experiment_arg(arg: str | None) -> dict[str, str]:
 
 
 def base_config() -> ConfigDict:
-    """Defaults: the official CSRE loss and the CTR-GCN training recipe."""
+    """Defaults: the official CSRE loss and the CTR-GCN training recipe; locked."""
     config = ConfigDict()
     config.seed = 1
     config.num_devices = 0  # 0: every visible device
@@ -74,6 +79,8 @@ def base_config() -> ConfigDict:
 
     config.data = ConfigDict()
     config.data.name = "synthetic"
+    config.data.stream = "joint"  # joint | bone | joint_motion | bone_motion
+    config.data.feeder_variant = "ctrgcn"  # or "csre": joint stream centred per frame
     config.data.batch_size = 64
     config.data.eval_batch_size = 256
     config.data.keep_joint = False  # also feed the absolute joints (BlockGCN's 'joint')
@@ -85,8 +92,7 @@ def base_config() -> ConfigDict:
     config.data.val_seed = 0
 
     config.model = ConfigDict()
-    config.model.name = "ctrgcn"
-    config.model.kwargs = ConfigDict({"base_channels": 64})
+    set_model(config, "ctrgcn")
     config.model.init_checkpoint = ""  # an official PyTorch .pt to start from (with std.*)
 
     config.csre = ConfigDict()
@@ -117,7 +123,15 @@ def base_config() -> ConfigDict:
     config.optim.milestones = (35, 55)
     config.optim.decay = 0.1  # step factor, or the per-epoch factor of exponential
     config.optim.clip_norm = 0.0  # 0: no gradient clipping
-    return config
+    return config.lock()
+
+
+def set_model(config: ConfigDict, name: str) -> None:
+    """Backbone `name` with every setting of its own in model.kwargs at the default (the
+    official widths), so each can be set (--config.model.kwargs.base_channels=8) and a
+    misspelt one is an error."""
+    config.model.name = name
+    config.model.kwargs = ConfigDict(backbone_knobs(name)).lock()
 
 
 def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
@@ -129,30 +143,40 @@ def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
     if data.name == "custom":
         set_custom_data(data)
         return
-    if data.name == "ucla":
-        data.root = "data/NW-UCLA"  # holds all_sqe/ (README, 'Datasets')
-        return
-    data.benchmark = picked["benchmark"]
-    data.root = f"data/{data.name}"  # holds the prepared split files (README, 'Datasets')
-    data.num_frames = NTU_WINDOW
-    data.train_p_interval = NTU_TRAIN_P
-    data.test_p_interval = NTU_TEST_P
-    data.random_rotation = True
+    with data.unlocked():
+        if data.name == "ucla":
+            data.root = "data/NW-UCLA"  # holds all_sqe/ (README, 'Datasets')
+        else:
+            data.benchmark = picked["benchmark"]
+            data.root = f"data/{data.name}"  # holds the prepared split files (README, 'Datasets')
+            data.num_frames = NTU_WINDOW
+            data.train_p_interval = NTU_TRAIN_P
+            data.test_p_interval = NTU_TEST_P
+            data.random_rotation = True
+
+
+def set_synthetic_data(data: ConfigDict, skeleton: str = "ntu") -> None:
+    """The package's generated skeletons (csre_jax/data/synthetic.py) on NTU's or NW-UCLA's
+    joints: a small set by default, which a config may enlarge."""
+    with data.unlocked():
+        data.name, data.skeleton, data.seed = "synthetic", skeleton, 0
+        data.num_classes, data.num_train, data.num_test, data.num_frames = 4, 64, 32, 16
 
 
 def set_custom_data(data: ConfigDict) -> None:
     """Your own pyskl annotation pickle (csre_jax/data/pyskl.py), given on the command line:
     --config.data.path=my.pkl --config.data.layout=coco (a built-in layout or a JSON file)."""
-    data.path = ""  # the .pkl; required
-    data.layout = "coco"
-    data.train_split, data.test_split = "train", "test"  # names in the file's 'split'
-    data.num_frames = CUSTOM_WINDOW
-    data.num_person = 2  # persons kept per sample (module docstring of pyskl.py)
-    data.coords = 0  # 2 or 3; 0: the file's, filled in when the dataset loads
-    data.use_score = True  # 2-D files with keypoint_score: the score is a third channel
-    data.align = "auto"  # 3-D: auto | none | 'a,b,c,d' (z along a->b, then x along c->d)
-    data.augment = True  # training: 3-D random rotation; 2-D flip, scale and shift
-    data.class_names = ""  # optional text file: one class name per line, by label
+    with data.unlocked():
+        data.path = ""  # the .pkl; required
+        data.layout = "coco"
+        data.train_split, data.test_split = "train", "test"  # names in the file's 'split'
+        data.num_frames = CUSTOM_WINDOW
+        data.num_person = 2  # persons kept per sample (module docstring of pyskl.py)
+        data.coords = 0  # 2 or 3; 0: the file's, filled in when the dataset loads
+        data.use_score = True  # 2-D files with keypoint_score: the score is a third channel
+        data.align = "auto"  # 3-D: auto | none | 'a,b,c,d' (z along a->b, then x along c->d)
+        data.augment = True  # training: 3-D random rotation; 2-D flip, scale and shift
+        data.class_names = ""  # optional text file: one class name per line, by label
 
 
 def shrink_to_tiny(config: ConfigDict) -> None:
@@ -163,11 +187,17 @@ def shrink_to_tiny(config: ConfigDict) -> None:
     data = config.data
     if data.name != "custom":
         skeleton = "ucla" if data.name == "ucla" else "ntu"
-        for key in ("benchmark", "root", "train_p_interval", "test_p_interval", "random_rotation"):
-            if key in data:
-                del data[key]
-        data.name, data.skeleton, data.seed = "synthetic", skeleton, 0
-        data.num_classes, data.num_train, data.num_test = 4, 64, 32
+        with data.unlocked():
+            for key in (
+                "benchmark",
+                "root",
+                "train_p_interval",
+                "test_p_interval",
+                "random_rotation",
+            ):
+                if key in data:
+                    del data[key]
+        set_synthetic_data(data, skeleton)
     data.num_frames = 16
     data.batch_size, data.eval_batch_size = 8, 16
     config.csre.dim, config.csre.num_positives, config.csre.num_negatives = 32, 4, 8

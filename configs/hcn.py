@@ -17,13 +17,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = common.base_config()
     common.set_data(config, picked)
 
-    config.model.name = "hcn"
-    config.model.kwargs = ConfigDict()  # the official widths
+    common.set_model(config, "hcn")  # model.kwargs: the official widths
 
     config.seed = 0
     config.num_epochs = 400
     config.data.feeder_variant = "ctrgcn"  # CTR-GCN's data pipeline ...
-    config.data.random_rotation = False  # ... without its random rotation
+    if "random_rotation" in config.data:  # ... without its random rotation (NTU's feeders)
+        config.data.random_rotation = False
     config.data.batch_size = 16 if ucla else 32
     config.data.eval_batch_size = 64 if ucla else 256
     config.loss.label_smoothing = 0.0

@@ -19,8 +19,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = common.base_config()
     common.set_data(config, picked)
 
-    config.model.name = "hyperformer"
-    config.model.kwargs = ConfigDict()  # the official widths (9 heads of 24)
+    common.set_model(config, "hyperformer")  # model.kwargs: the official widths (9 heads of 24)
     if ucla:  # the release's NW-UCLA joint groups differ between the joint and bone configs
         bone = picked["stream"].startswith("bone")
         joint_label = UCLA_BONE_JOINT_LABEL if bone else DEFAULT_JOINT_LABELS["ucla"]

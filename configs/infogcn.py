@@ -17,8 +17,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config = common.base_config()
     common.set_data(config, picked)
 
-    config.model.name = "infogcn"
-    config.model.kwargs = ConfigDict()  # the official widths (base_channels 64)
+    common.set_model(config, "infogcn")  # model.kwargs: the official widths (base_channels 64)
 
     config.seed = 1
     config.num_epochs = 110

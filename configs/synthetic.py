@@ -19,8 +19,7 @@ def get_config(arg: str | None = None):
     config.log_every_steps = 10
 
     data = config.data
-    data.name = "synthetic"
-    data.seed = 0
+    common.set_synthetic_data(data)
     data.num_classes = 10
     data.num_train = 2222  # 2,000 after the validation hold-out below
     data.num_test = 600

@@ -10,6 +10,7 @@ sample ids agree.
 
 import dataclasses
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def load_scores(path: Path) -> ScoreFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: score file not found")
-    with np.load(path) as f:
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz score file ({type(e).__name__}: {e})") from e
+    with archive as f:
         missing = {"logits", "labels", "sample_ids"} - set(f.files)
         if missing:
             raise ValueError(f"{path}: not a csre-jax score file (missing {sorted(missing)})")
