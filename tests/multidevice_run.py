@@ -58,7 +58,7 @@ def train(config, devices: int, mode: str, workdir: Path) -> dict[str, np.ndarra
     batches = loop.train_batches(exp)
     checkpointer = Checkpointer(workdir / "run")
     if mode == "resume":
-        state = checkpointer.restore(state, state_sharding(state, exp.mesh), batches)
+        state, _ = checkpointer.restore(state, state_sharding(state, exp.mesh), batches)
     compiled, history, out = None, [], {}
     snapshots = {0: "initial_state", _SAVE_AFTER.value: "saved_state"}
     for step in range(int(state.step), _STEPS.value):

@@ -1,16 +1,21 @@
 """orbax checkpoints: the latest full train state with the data position, and the best model.
 
-workdir/checkpoints/<step>/ holds the whole TrainState (banks and rng included) and the
-grain iterator's position, so a killed run resumes with the same banks and the same next
-batch. workdir/best/<step>/ holds only the backbone's variables of the best evaluation,
-which is what eval.py scores. orbax writes each step to a temporary folder and renames it
-when complete, so an interrupted save never replaces a good checkpoint.
+workdir/checkpoints/<step>/ holds the whole TrainState (banks and rng included), the grain
+iterator's position and the loop's progress record (running metric sums), so a killed run
+resumes with the same banks, the same next batch and the same epoch averages.
+workdir/best/<step>/ holds only the backbone's variables of the best evaluation, which is
+what eval.py scores. orbax writes each step to a temporary folder and renames it when
+complete, so an interrupted save never replaces a good checkpoint.
+
+A checkpoint damaged later (files truncated or deleted) is told apart from one of another
+model: damage falls back to the newest intact checkpoint, a shape mismatch is refused.
 
 A run resumes on any device count: arrays are read into this run's shardings, and banks,
 whose rows are padded to a multiple of the device count (loop.init_state), are re-padded
 to this run's row count (`_refit`).
 """
 
+import logging as std_logging
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +23,49 @@ import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+import tensorstore as ts
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank
 from csre_jax.training.state import TrainState, backbone_variables
 from csre_jax.workdir import BEST, RunFolder
+
+# What reading a damaged checkpoint raises: TensorStore's errors (truncated or missing array
+# files), grain's missing iterator file and truncated JSON are ValueErrors, a missing item a
+# KeyError, a vanished file an OSError, orbax indexing metadata it could not read a TypeError.
+_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
+
+
+class _OrbaxNoticesToInfo(std_logging.Filter):
+    """Lowers two orbax warnings to INFO (they still show with --verbosity=0): "Waiting for
+    previous save to complete took N seconds", which a loop that checkpoints every epoch
+    cannot act on and which breaks tqdm's bar line, and "Metadata file does not exist" for a
+    damaged step folder, which restore reports itself in one line."""
+
+    LOWERED = ("Waiting for previous save", "Metadata file does not exist")
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno == std_logging.WARNING and str(record.msg).startswith(self.LOWERED):
+            record.levelno, record.levelname = std_logging.INFO, "INFO"
+            return logging.get_absl_logger().isEnabledFor(std_logging.INFO)
+        return True
+
+
+# orbax logs through absl's logger, so the filter sits there (a set: added once).
+logging.get_absl_logger().addFilter(_OrbaxNoticesToInfo())
+
+
+class _Damaged(Exception):  # noqa: N818 (a finding about a folder, caught inside this module)
+    """A checkpoint whose files are missing or unreadable; str() says which and why."""
+
+
+def _reason(error: Exception) -> str:
+    """An error while reading, in one line (TensorStore appends its whole JSON spec)."""
+    text = str(error).split(" [tensorstore_spec=")[0].splitlines()[0] if str(error) else ""
+    return f"files unreadable ({type(error).__name__}: {text})"
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -32,11 +74,41 @@ def _abstract(tree: Any, shardings: Any) -> Any:
     )
 
 
-def _shape_mismatch_message(directory: Path, error: Exception) -> str:
+def _stored_shape(x: jax.ShapeDtypeStruct) -> tuple[int, ...]:
+    """The shape orbax stores: a PRNG key as its raw key data."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.eval_shape(jax.random.key_data, x).shape
+    return x.shape
+
+
+def _difference(abstract: Any, saved: Any) -> str | None:
+    """How the saved state's leaves and shapes differ from the configured ones (None: same)."""
+    want = {k: _stored_shape(x) for k, x in ocp.tree.to_flat_dict(abstract, sep="/").items()}
+    have = {k: tuple(x.shape) for k, x in ocp.tree.to_flat_dict(saved, sep="/").items()}
+    if want.keys() != have.keys():
+        only_saved, only_configured = sorted(have.keys() - want), sorted(want.keys() - have)
+        return f"leaves only saved: {only_saved[:3]}, only configured: {only_configured[:3]}"
+    for key, shape in want.items():
+        if have[key] != shape:
+            return f"{key} is saved as {have[key]}, configured as {shape}"
+    return None
+
+
+def _shape_mismatch_message(directory: Path, error: Exception | str) -> str:
+    if isinstance(error, Exception):
+        error = f"{type(error).__name__}: {error}"
     return (
-        f"{directory}: the checkpoint does not fit the configured model/data "
-        f"({type(error).__name__}: {error}). Resume with the config it was written with "
-        f"(see config.json in the workdir) or start a new --workdir."
+        f"{directory}: the checkpoint does not fit the configured model/data ({error}). "
+        f"Resume with the config it was written with (see config.json in the workdir) or "
+        f"start a new --workdir."
+    )
+
+
+def _none_intact_message(folder: Path, damaged: list[tuple[int, str]]) -> str:
+    found = "; ".join(f"{step}: {reason}" for step, reason in damaged) or "no checkpoints"
+    return (
+        f"{folder}: no intact checkpoint to resume from ({found}). Start a new --workdir, or "
+        f"delete {folder} to train this run again from the start."
     )
 
 
@@ -76,16 +148,56 @@ def _refit(bank: MemoryBank, template: MemoryBank, sharding: MemoryBank) -> Memo
     return fitted
 
 
+def _read(manager: ocp.CheckpointManager, step: int, **items: Any) -> Any:
+    """The items of one step, any read error turned into _Damaged."""
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**items))
+    except _READ_ERRORS as error:
+        raise _Damaged(_reason(error)) from error
+
+
+def _check_item(item: Path) -> None:
+    """Raises _Damaged unless an item's metadata is there and every array chunk it stores
+    reads back. The chunks are read through TensorStore before orbax reads them: orbax gives
+    up at the first unreadable array while its other reads are still in flight, and each of
+    those then prints a traceback ("Task exception was never retrieved", "Event loop is
+    closed")."""
+    if not item.is_dir():
+        raise _Damaged(f"{item.name}/ is missing (an empty or partly deleted folder)")
+    if not (item / "_METADATA").is_file():
+        raise _Damaged(f"{item.name}/_METADATA is missing")
+    try:
+        spec = {"driver": "ocdbt", "base": {"driver": "file", "path": f"{item}/"}}
+        store = ts.KvStore.open(spec).result()
+        keys = store.list().result()
+        if not keys:
+            raise _Damaged(f"{item.name}/ stores no arrays (manifest.ocdbt missing?)")
+        for start in range(0, len(keys), 64):  # a bounded number of chunks in memory
+            reads = [store.read(key) for key in keys[start : start + 64]]
+            errors = [read.exception() for read in reads]  # waits for every read
+            if any(errors):
+                raise next(error for error in errors if error)
+    except ValueError as error:
+        raise _Damaged(_reason(error)) from error
+
+
 class Checkpointer:
-    """Latest-state and best-model checkpoints of one run."""
+    """Latest-state and best-model checkpoints of one run.
+
+    Use it as a context manager: leaving the block, by an exception or KeyboardInterrupt
+    included, finishes a pending asynchronous save before the interpreter can shut down
+    the threads that write it.
+    """
 
     def __init__(self, workdir: Path, keep: int = 2):
         workdir = Path(workdir).absolute()
+        self._folder = RunFolder(workdir).checkpoints
         self._latest = ocp.CheckpointManager(
-            RunFolder(workdir).checkpoints,
+            self._folder,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler(),
+                "progress": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
@@ -94,55 +206,141 @@ class Checkpointer:
             item_names=("variables", "metrics"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
         )
-        self._workdir = workdir
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as error:  # the exception on its way out is the one to report
+            logging.warning("%s: the pending checkpoint save failed: %s", self._folder, error)
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
 
-    def save(self, state: TrainState, data_iterator: grain.DatasetIterator) -> None:
+    def save(
+        self,
+        state: TrainState,
+        data_iterator: grain.DatasetIterator,
+        progress: dict | None = None,
+    ) -> None:
+        """Starts an asynchronous save of the state, the iterator's position and `progress`
+        (a small JSON-able dict: the loop's running sums), returned by `restore`."""
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": grain.checkpoint.CheckpointSave(data_iterator),
+        }
+        if progress is not None:
+            items["progress"] = ocp.args.JsonSave(progress)
         step = int(jax.device_get(state.step))
-        self._latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            force=True,
-        )
+        self._latest.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def save_now(
+        self,
+        state: TrainState,
+        data_iterator: grain.DatasetIterator,
+        progress: dict | None = None,
+    ) -> None:
+        """Saves and returns once the checkpoint is complete on disk (the interrupt path); a
+        step already checkpointed, or being checkpointed, is not saved again."""
+        self._latest.wait_until_finished()
+        if int(jax.device_get(state.step)) in self._latest.all_steps():
+            return
+        self.save(state, data_iterator, progress)
+        self._latest.wait_until_finished()
 
     def restore(
         self, target: TrainState, shardings: TrainState, data_iterator: grain.DatasetIterator
-    ) -> TrainState:
-        """The latest state, laid out as `shardings`; data_iterator is moved to its position."""
-        step = self._latest.latest_step()
-        saved = self._latest.item_metadata(step).state["banks"]
+    ) -> tuple[TrainState, dict]:
+        """The newest intact state, laid out as `shardings`, and the progress saved with it
+        ({} for checkpoints written without one); data_iterator is moved to its position.
+
+        Newer damaged checkpoints (files missing or unreadable) are moved aside to
+        `<step>.damaged` with a warning each, so the run continues from the intact one and
+        can checkpoint those steps again. A checkpoint of another model or dataset is
+        refused (ValueError), as is a folder with no intact checkpoint.
+        """
+        damaged = []
+        for step in sorted(self._latest.all_steps(), reverse=True):
+            try:
+                restored = self._restore_step(step, target, shardings, data_iterator)
+            except _Damaged as damage:
+                damaged.append((step, str(damage)))
+                continue
+            self._set_aside(damaged, step)
+            return restored
+        raise ValueError(_none_intact_message(self._folder, damaged))
+
+    def _restore_step(
+        self,
+        step: int,
+        target: TrainState,
+        shardings: TrainState,
+        data_iterator: grain.DatasetIterator,
+    ) -> tuple[TrainState, dict]:
+        directory = self._folder / str(step)
+        _check_item(directory / "state")
+        try:
+            metadata = self._latest.item_metadata(step)
+        except _READ_ERRORS as error:  # e.g. a truncated _METADATA
+            raise _Damaged(_reason(error)) from error
+        saved = metadata["state"]
         # Banks saved with another row count (on another device count) are read whole onto
         # every device, then re-padded and split again.
         refit = [
             name
             for name, bank in target.banks.items()
-            if name in saved and saved[name]["labels"].shape[0] != bank.labels.shape[0]
+            if name in saved["banks"]
+            and saved["banks"][name]["labels"].shape[0] != bank.labels.shape[0]
         ]
         abstract = _abstract(target, shardings)
         for name in refit:
             whole = NamedSharding(shardings.banks[name].labels.mesh, P())
-            abstract.banks[name] = _saved_layout(abstract.banks[name], saved[name], whole)
+            abstract.banks[name] = _saved_layout(abstract.banks[name], saved["banks"][name], whole)
+        difference = _difference(abstract, saved)
+        if difference is not None:
+            raise ValueError(_shape_mismatch_message(directory, difference))
+        items = {
+            "state": ocp.args.StandardRestore(abstract),
+            "data": grain.checkpoint.CheckpointRestore(data_iterator),
+        }
+        if "progress" in metadata:
+            items["progress"] = ocp.args.JsonRestore()
+        restored = _read(self._latest, step, **items)
+        state = restored.state
         try:
-            state = self._latest.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
-                ),
-            ).state
             for name in refit:
                 state.banks[name] = _refit(
                     state.banks[name], target.banks[name], shardings.banks[name]
                 )
-        except (ValueError, KeyError, TypeError) as error:
-            directory = RunFolder(self._workdir).checkpoints / str(step)
+        except ValueError as error:
             raise ValueError(_shape_mismatch_message(directory, error)) from error
-        return state
+        return state, restored.progress if "progress" in metadata else {}
+
+    def _set_aside(self, damaged: list[tuple[int, str]], resumed: int) -> None:
+        """Renames damaged step folders out of orbax's sight, keeping them for inspection."""
+        for step, reason in damaged:
+            source = self._folder / str(step)
+            aside = source.with_name(f"{step}.damaged")
+            copy = 1
+            while aside.exists():
+                aside, copy = source.with_name(f"{step}.damaged.{copy}"), copy + 1
+            if jax.process_index() == 0:
+                source.rename(aside)
+            logging.warning(
+                "%s: %s; moved aside to %s, resuming from %s",
+                source,
+                reason,
+                aside.name,
+                self._folder / str(resumed),
+            )
+        if damaged:
+            multihost_utils.sync_global_devices("checkpoints set aside")
+            self._latest.reload()
 
     def save_best(self, step: int, variables: Any, metrics: dict[str, float]) -> None:
         self._best.save(
@@ -167,6 +365,10 @@ class Checkpointer:
         self._best.wait_until_finished()
 
     def close(self) -> None:
+        """Finishes pending saves and stops orbax's threads. A process that exits with a save
+        in flight leaves them writing while the interpreter shuts down the executors and
+        event loops they write through: each array then logs a traceback ("Event loop is
+        closed", "cannot schedule new futures after shutdown")."""
         self._latest.close()
         self._best.close()
 
@@ -178,8 +380,18 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {jax.tree_util.keystr(path): leaf.shape for path, leaf in leaves}
 
 
+def _read_variables(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
+    """The backbone's variables of one step of best/ or checkpoints/ (raw, no target)."""
+    _check_item(Path(manager.directory) / str(step) / item)
+    raw = _read(manager, step, **{item: ocp.args.StandardRestore()})
+    if item == "variables":
+        return raw.variables
+    return backbone_variables(raw.state["params"], raw.state["batch_stats"])
+
+
 def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
-    """Backbone variables from a run's best/ folder, or from a full state in checkpoints/.
+    """Backbone variables from a run's best/ folder, or from the newest intact full state in
+    checkpoints/ (a damaged newer one is skipped with a warning).
 
     Returns (variables, step).
     """
@@ -188,17 +400,26 @@ def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
         raise FileNotFoundError(f"{directory}: no checkpoint folder here; pass a run's --workdir")
     item = "variables" if directory.name == BEST else "state"
     with ocp.CheckpointManager(directory, item_names=(item,)) as manager:
-        step = manager.latest_step()
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"{directory}: holds no finished checkpoint")
-        if item == "state":
-            raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-            variables = backbone_variables(raw.state["params"], raw.state["batch_stats"])
+        damaged = []
+        for step in steps if item == "state" else steps[:1]:
+            try:
+                variables = _read_variables(manager, step, item)
+                break
+            except _Damaged as damage:
+                damaged.append((step, str(damage)))
         else:
-            raw = manager.restore(
-                step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
-            )
-            variables = raw.variables
+            if item == "variables":
+                raise ValueError(
+                    f"{directory / str(steps[0])}: the best model's checkpoint is damaged "
+                    f"({damaged[0][1]}). Score the latest train state instead "
+                    f"(eval.py --checkpoint=latest) or train again in a new --workdir."
+                )
+            raise ValueError(_none_intact_message(directory, damaged))
+    for bad, reason in damaged:
+        logging.warning("%s: %s; using %s", directory / str(bad), reason, directory / str(step))
     if _leaf_shapes(target) != _leaf_shapes(variables):
         raise ValueError(
             f"{directory / str(step)}: the checkpoint's parameters do not fit the configured "
