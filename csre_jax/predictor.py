@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from csre_jax import sharding
+from csre_jax import compile_cache, sharding
 from csre_jax.data import datasets, ntu_prepare, pyskl
 from csre_jax.data.ntu_raw import read_skeleton
 from csre_jax.evaluate.scoring import compile_eval_step
@@ -106,6 +106,7 @@ class Predictor:
         cls, workdir: str | Path, *, checkpoint: str = "best", batch_size: int | None = None
     ):
         """The run's best (or 'latest') backbone, from its config.json and model card."""
+        compile_cache.enable()
         run = RunFolder(workdir)
         if not run.config.is_file():
             raise FileNotFoundError(f"{run.config}: not found; is {run.root} a train.py workdir?")

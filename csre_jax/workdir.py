@@ -1,9 +1,11 @@
 """The run folder that train.py writes and eval.py reads, named in one place.
 
 <workdir>/config.json              the config the run was started with
+<workdir>/config_changes.jsonl     settings a resume changed (only the safe ones may change)
 <workdir>/model_card.json          the backbone's skeleton, input shapes and class names
 <workdir>/validation_split.json    the training samples held out for validation
 <workdir>/metrics.jsonl            step and epoch records
+<workdir>/events.out.tfevents.*    the same as TensorBoard scalars (tensorboard --logdir=runs)
 <workdir>/checkpoints/<step>/      the latest train state and data position (resume)
 <workdir>/best/<step>/             the best model's backbone variables (eval.py)
 <workdir>/scores/test_scores.npz   the best model's test scores
@@ -29,6 +31,10 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def config_changes(self) -> Path:
+        return self.root / "config_changes.jsonl"
 
     @property
     def model_card(self) -> Path:

@@ -3,8 +3,11 @@
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,6 +21,7 @@ from csre_jax.data.transforms import STREAMS
 from csre_jax.training import loop
 from csre_jax.training.checkpoint import restore_variables
 from csre_jax.training.metrics import read_metrics
+from csre_jax.training.run_record import ResumeRefused
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,10 +98,41 @@ def test_tiny_run_learns_and_writes_everything(tiny_run):
     assert json.loads(str(val["metadata"]))["split"] == "val"
 
 
-def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypatch):
-    config = tiny_config(num_epochs=2, checkpoint_every_steps=4)
-    loop.train_and_evaluate(config, tmp_path / "straight")
+RESUME_CONFIG = {"num_epochs": 2, "checkpoint_every_steps": 4}
 
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must equal: 2 epochs of 6 steps."""
+    workdir = tmp_path_factory.mktemp("straight")
+    loop.train_and_evaluate(tiny_config(**RESUME_CONFIG), workdir)
+    return workdir
+
+
+def _records_without_timing(workdir: Path) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    records = map(json.loads, lines)
+    return [{k: v for k, v in r.items() if k != "samples_per_second"} for r in records]
+
+
+def _assert_same_run(straight: Path, resumed: Path) -> None:
+    """The same final state, and metrics.jsonl with each step once, equal record for record
+    (epoch records averaging the whole epoch across the restart)."""
+    a, b = _latest_state(straight), _latest_state(resumed)
+    assert int(b["step"]) == int(a["step"]) == 12
+    leaves = zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True)
+    for (path, x), y in leaves:
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    want, got = _records_without_timing(straight), _records_without_timing(resumed)
+    assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in want]
+    for x, y in zip(want, got, strict=True):
+        assert y.keys() == x.keys(), (x, y)
+        numbers = {k: v for k, v in x.items() if k != "kind"}
+        assert {k: y[k] for k in numbers} == pytest.approx(numbers, rel=1e-6), (x, y)
+
+
+def test_killed_run_resumes_exactly_like_an_uninterrupted_one(straight_run, tmp_path, monkeypatch):
+    config = tiny_config(**RESUME_CONFIG)
     calls = {"n": 0}
     real_global_batch = loop.sharding.global_batch
 
@@ -109,20 +144,79 @@ def test_killed_run_resumes_exactly_like_an_uninterrupted_one(tmp_path, monkeypa
 
     monkeypatch.setattr(loop.sharding, "global_batch", killed_after_nine_steps)
     with pytest.raises(KeyboardInterrupt):
-        loop.train_and_evaluate(config, tmp_path / "resumed")
+        loop.train_and_evaluate(config, tmp_path)
     monkeypatch.setattr(loop.sharding, "global_batch", real_global_batch)
-    loop.train_and_evaluate(config, tmp_path / "resumed")
+    loop.train_and_evaluate(config, tmp_path)
+    _assert_same_run(straight_run, tmp_path)
 
-    straight, resumed = _latest_state(tmp_path / "straight"), _latest_state(tmp_path / "resumed")
-    assert int(resumed["step"]) == int(straight["step"]) == 12
-    for (path, a), b in zip(
-        jax.tree_util.tree_leaves_with_path(straight), jax.tree.leaves(resumed), strict=True
-    ):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    # the resumed run saw the same batches: its per-step losses after the restart agree
-    after = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "straight", "train_step")}
-    for record in read_metrics(tmp_path / "resumed", "train_step")[9:]:
-        assert record["loss"] == pytest.approx(after[record["step"]], rel=1e-6)
+
+def _train_flags(config) -> list[str]:
+    """tiny_config as train.py flags on configs/synthetic.py."""
+    overrides = {
+        "num_epochs": config.num_epochs,
+        "log_every_steps": config.log_every_steps,
+        "checkpoint_every_steps": config.checkpoint_every_steps,
+        "data.num_train": config.data.num_train,
+        "data.num_test": config.data.num_test,
+        "data.num_frames": config.data.num_frames,
+        "data.batch_size": config.data.batch_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "model.kwargs.base_channels": config.model.kwargs.base_channels,
+        "csre.num_positives": config.csre.num_positives,
+        "csre.num_negatives": config.csre.num_negatives,
+        "optim.warmup_epochs": config.optim.warmup_epochs,
+        "optim.milestones": "(2,)",
+    }
+    return ["--config=configs/synthetic.py", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_with_a_checkpoint_and_the_run_resumes_exactly(
+    straight_run, tmp_path, signal_name
+):
+    """Ctrl-C or SLURM's SIGTERM during a run (saves pending): a few lines ending with the
+    step and the resume command, exit status 128 + signal, and a resume equal to the
+    uninterrupted run."""
+    config = tiny_config(**RESUME_CONFIG)
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *_train_flags(config), f"--workdir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + getattr(signal, signal_name), stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) < 30, stderr
+    assert re.match(rf"{signal_name}: training stopped after step \d+ of 12", lines[-3]), lines
+    assert lines[-1].strip().endswith(f"--workdir={tmp_path}"), lines
+    assert "Event loop is closed" not in stderr
+    loop.train_and_evaluate(config, tmp_path)
+    _assert_same_run(straight_run, tmp_path)
+
+
+def test_a_refused_resume_leaves_the_run_record_untouched(straight_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_run, workdir)
+    before = {p: p.read_bytes() for p in (workdir / "config.json", workdir / "metrics.jsonl")}
+    changed = tiny_config(**RESUME_CONFIG, **{"model.kwargs.base_channels": 16})
+    with pytest.raises(ResumeRefused, match=r"model\.kwargs\.base_channels: 8 -> 16"):
+        loop.train_and_evaluate(changed, workdir)
+    assert {p: p.read_bytes() for p in before} == before
+    # a safe change is accepted and recorded: two more epochs
+    loop.train_and_evaluate(tiny_config(**{**RESUME_CONFIG, "num_epochs": 3}), workdir)
+    record = json.loads((workdir / "config_changes.jsonl").read_text())
+    assert record == {"step": 12, "changes": {"num_epochs": [2, 3]}}
+    assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
 
 
 def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp_path):

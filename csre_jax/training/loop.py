@@ -6,25 +6,32 @@ scores (and, with a held-out validation split, its validation scores) in the run
 (csre_jax.workdir).
 """
 
+import contextlib
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from csre_jax import models, sharding
+from csre_jax import compile_cache, models, sharding
+from csre_jax.config_checks import check_config
 from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.csre.objective import bank_names, contrast_config, create_banks
 from csre_jax.data.datasets import Dataset, load_dataset
-from csre_jax.data.pipeline import steps_per_epoch, train_dataset
+from csre_jax.data.pipeline import Split, steps_per_epoch, train_dataset
 from csre_jax.evaluate.scoring import (
     EvalStep,
     SplitScores,
@@ -37,7 +44,9 @@ from csre_jax.fileio import atomic_write
 from csre_jax.model_card import ModelCard
 from csre_jax.training import optimizer
 from csre_jax.training.checkpoint import Checkpointer
-from csre_jax.training.metrics import MetricWriter, mean_metrics
+from csre_jax.training.interrupts import Stopped, StopRequests
+from csre_jax.training.metrics import MetricWriter
+from csre_jax.training.run_record import write_config
 from csre_jax.training.state import TrainState, state_sharding
 from csre_jax.training.step import make_train_step
 from csre_jax.workdir import RunFolder
@@ -98,6 +107,7 @@ def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
 
 def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
     """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
+    check_config(config)
     dataset = dataset or load_dataset(config.data)
     mesh = make_mesh(config)
     card = ModelCard.from_dataset(dataset, config.data)
@@ -193,13 +203,6 @@ def save_score_files(
     write_score_files(path, score_metadata(exp.config, source), exp.dataset, test, val)
 
 
-def _write_config(exp: Experiment, run: RunFolder) -> None:
-    """The run's config and model card (what predict.py rebuilds the backbone from)."""
-    if jax.process_index() == 0:
-        run.config.write_text(exp.config.to_json_best_effort(indent=2) + "\n")
-        exp.card.save(run.model_card)
-
-
 def _write_validation_split(exp: Experiment, run: RunFolder) -> None:
     """Records which training samples were held out, so ensembles can check it."""
     if jax.process_index() != 0 or exp.dataset.val is None:
@@ -234,72 +237,243 @@ def _is_time(count: int, every: int) -> bool:
     return bool(every) and count % every == 0
 
 
+class _RunningMeans:
+    """Sums of per-step metrics since a point (a log or an epoch start), fetched lazily so the
+    host never waits on a step it just dispatched. Its state travels in checkpoints, so an
+    epoch interrupted and resumed averages all of its steps. Non-finite values stop training
+    with the first bad step and whether its batch's inputs were finite."""
+
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0):
+        self.sums, self.count = dict(sums or {}), count
+        self._pending: list[tuple[int, dict, np.ndarray]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array], indices: np.ndarray) -> None:
+        self._pending.append((step, metrics, indices))
+
+    def fold(self, split: Split) -> None:
+        fetched = jax.device_get([metrics for _, metrics, _ in self._pending])
+        for (step, _, indices), metrics in zip(self._pending, fetched, strict=True):
+            bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+            if bad:
+                raise FloatingPointError(_divergence_message(step, bad, metrics, split, indices))
+            for name, value in metrics.items():
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.count += 1
+        self._pending = []
+
+    def means(self, split: Split) -> dict[str, float]:
+        self.fold(split)
+        return {name: total / self.count for name, total in self.sums.items()}
+
+    def state(self, split: Split) -> dict:
+        self.fold(split)
+        return {"sums": self.sums, "count": self.count}
+
+    def absorb(self, other: "_RunningMeans", split: Split) -> None:
+        other.fold(split)
+        for name, total in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + total
+        self.count += other.count
+
+
+def _divergence_message(step, names, metrics, split: Split, indices: np.ndarray) -> str:
+    shown = ", ".join(f"{name} {float(metrics[name])}" for name in names)
+    nonfinite = [int(i) for i in indices if not np.isfinite(np.asarray(split.x[int(i)])).all()]
+    if nonfinite:
+        inputs = (
+            f"the batch's inputs were not finite: training samples {nonfinite} (positions "
+            "in the training split) hold NaN or infinite values; fix or drop them"
+        )
+    else:
+        inputs = (
+            "the batch's inputs were finite (training samples "
+            f"{[int(i) for i in indices[:8]]}{', ...' if len(indices) > 8 else ''}), so the "
+            "model diverged: lower optim.base_lr or set optim.clip_norm"
+        )
+    return f"training diverged at step {step}: {shown}; {inputs}"
+
+
+@contextlib.contextmanager
+def _phase(name: str, active: bool):
+    """Prints what the run is doing before the first step, and how long it took."""
+    start = time.perf_counter()
+    if active:
+        print(f"{name} ...", end=" ", flush=True)
+    yield
+    if active:
+        print(f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
+def _report_devices(config: ConfigDict) -> None:
+    """Which devices the run found, and a warning when a cluster recipe meets only CPUs."""
+    devices = jax.devices()
+    platform, kinds = devices[0].platform, ", ".join(sorted({d.device_kind for d in devices}))
+    print(f"devices: {len(devices)} x {platform} ({kinds}), jax {jax.__version__}")
+    if platform == "cpu" and config.data.get("name") in ("ntu60", "ntu120"):
+        print(
+            "warning: an NTU recipe on CPU only: with a GPU or TPU at hand, install its jax "
+            "(pip install -r requirements-gpu.txt or requirements-tpu.txt, README 'Clusters')",
+            file=sys.stderr,
+        )
+
+
+def _resume_command() -> str:
+    return " ".join(shlex.quote(arg) for arg in [Path(sys.executable).name, *sys.argv])
+
+
+def _compile_train_step(exp: Experiment, train_step, state: TrainState):
+    """The train step compiled ahead of its first batch, so the progress bar's clock starts
+    with training, not with compilation."""
+    batch = sharding.batch_sharding(exp.mesh)
+    size = exp.config.data.batch_size
+    shapes = {
+        k: jax.ShapeDtypeStruct((size, *s), jnp.float32, sharding=batch)
+        for k, s in exp.card.input_shapes.items()
+    }
+    for key in ("label", "index"):
+        shapes[key] = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batch)
+    return train_step.lower(state, shapes).compile()
+
+
 def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
     """Trains (resuming from workdir if it holds a checkpoint); returns the best eval metrics.
 
     The best model's test scores (and validation scores, with a held-out split) are written
-    to the run folder whenever an evaluation improves on the best so far.
+    to the run folder whenever an evaluation improves on the best so far. A resume checks its
+    config against the saved one before writing anything (run_record). SIGINT or SIGTERM
+    stops after the current step with a checkpoint and raises interrupts.Stopped.
     """
+    compile_cache.enable()
     run = RunFolder(workdir)
     run.root.mkdir(parents=True, exist_ok=True)
-    exp = build(config)
-    _write_config(exp, run)
-    _write_validation_split(exp, run)
-    state = init_state(exp)
-    train_step, eval_step = compile_steps(exp, state)
-    batches = train_batches(exp)
-    checkpointer = Checkpointer(run.root)
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, state_sharding(state, exp.mesh), batches)
-    writer = MetricWriter(run.root)
-    best = checkpointer.best_metrics()
-    step = int(jax.device_get(state.step))
-    window, epoch_history, tick = [], [], time.perf_counter()
-    with tqdm(
-        total=exp.total_steps, initial=step, desc="train", disable=jax.process_index() != 0
-    ) as bar:
-        while step < exp.total_steps:
-            state, metrics = train_step(state, sharding.global_batch(next(batches), exp.mesh))
-            step += 1
-            bar.update(1)
-            window.append(metrics)
-            epoch_end = step % exp.steps_per_epoch == 0
-
-            if _is_time(step, config.log_every_steps) or epoch_end:
-                values = mean_metrics(window)
-                now = time.perf_counter()
-                values["samples_per_second"] = len(window) * config.data.batch_size / (now - tick)
-                writer.write("train_step", step, values)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.2f}")
-                epoch_history += window
-                window, tick = [], now
-
-            if not epoch_end:
-                if _is_time(step, config.checkpoint_every_steps):
-                    checkpointer.save(state, batches)
-                continue
-
-            epoch = step // exp.steps_per_epoch
-            values = mean_metrics(epoch_history) | {"epoch": epoch}
-            epoch_history = []
-            if _is_time(epoch, config.eval_every_epochs) or step == exp.total_steps:
-                variables = state.backbone_variables()
-                test = evaluate(exp, eval_step, variables)
-                scores = {"top1": test.top1, "top5": test.top5}
-                values |= {f"test_{k}": v for k, v in scores.items()}
-                if best is None or scores["top1"] > best["top1"]:
-                    best = scores | {"epoch": epoch}
-                    checkpointer.save_best(step, variables, best)
-                    source = f"{run.best} step {step}"
-                    save_score_files(exp, eval_step, variables, test, run.test_scores, source)
-                bar.write(
-                    f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
-                    f"(best {best['top1']:.2f}% at epoch {best['epoch']})"
+    main = jax.process_index() == 0
+    if main:
+        _report_devices(config)
+    with _phase("loading data", main):
+        exp = build(config)
+    with Checkpointer(run.root) as checkpointer, StopRequests() as stop:
+        resume_step = checkpointer.latest_step()
+        if main:
+            write_config(exp.config, run, resuming=resume_step is not None, step=resume_step or 0)
+            exp.card.save(run.model_card)
+        _write_validation_split(exp, run)
+        with _phase("building the model", main):
+            state = init_state(exp)
+            batches = train_batches(exp)
+            progress = {}
+            if resume_step is not None:
+                state, progress = checkpointer.restore(
+                    state, state_sharding(state, exp.mesh), batches
                 )
-            writer.write("epoch", step, values)
-            checkpointer.save(state, batches)
-            tick = time.perf_counter()
-    checkpointer.wait()
-    checkpointer.close()
+        with _phase("compiling the train step", main):
+            train_step, eval_step = compile_steps(exp, state)
+            train_step = _compile_train_step(exp, train_step, state)
+        step = int(jax.device_get(state.step))
+        loop = _Loop(exp, run, checkpointer, stop, batches, train_step, eval_step)
+        best = loop.run(state, step, progress)
     multihost_utils.sync_global_devices("train_and_evaluate done")
-    return best or {}
+    return best
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epochs of one train_and_evaluate call, from a (restored) state to the end."""
+
+    exp: Experiment
+    folder: RunFolder
+    checkpointer: Checkpointer
+    stop: StopRequests
+    batches: Any
+    train_step: Callable
+    eval_step: EvalStep
+
+    def run(self, state: TrainState, step: int, progress: dict) -> dict[str, float]:
+        exp, config, split = self.exp, self.exp.config, self.exp.dataset.train
+        self.best = self.checkpointer.best_metrics()
+        self.window = _RunningMeans(**progress.get("window", {}))
+        self.epoch = _RunningMeans(**progress.get("epoch", {}))
+        main = jax.process_index() == 0
+        bar = tqdm(total=exp.total_steps, initial=step, desc="train", disable=not main)
+        in_flight = None  # the last dispatched step: the bar counts a step when it finishes
+        tick = time.perf_counter()
+        # from the step it starts at: records a stopped run logged after its checkpoint go
+        with (
+            bar,
+            logging_redirect_tqdm(),
+            MetricWriter(self.folder.root, resume_step=step) as writer,
+        ):
+            while step < exp.total_steps and not self.stop.received:
+                batch = next(self.batches)
+                state, metrics = self.train_step(state, sharding.global_batch(batch, exp.mesh))
+                step += 1
+                self.window.add(step, metrics, batch["index"])
+                if in_flight is not None:
+                    jax.block_until_ready(in_flight)
+                    bar.update(1)
+                in_flight = metrics
+                epoch_end = step % exp.steps_per_epoch == 0
+                if _is_time(step, config.log_every_steps) or epoch_end:
+                    jax.block_until_ready(in_flight)
+                    bar.update(1)
+                    in_flight = None
+                    values = self.window.means(split)
+                    now = time.perf_counter()
+                    rate = self.window.count * config.data.batch_size / (now - tick)
+                    writer.write("train_step", step, values | {"samples_per_second": rate})
+                    bar.set_postfix(loss=f"{values['loss']:.3f}", top1=f"{values['top1']:.2f}")
+                    self.epoch.absorb(self.window, split)
+                    self.window, tick = _RunningMeans(), now
+                if not epoch_end:
+                    if _is_time(step, config.checkpoint_every_steps):
+                        self.checkpointer.save(state, self.batches, self._progress())
+                    continue
+                started = time.perf_counter()
+                self._end_epoch(state, step, writer, bar)
+                bar.start_t += time.perf_counter() - started  # the rate counts training only
+                tick = time.perf_counter()
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+                bar.update(1)
+        if self.stop.received:
+            self._stop(state, step)
+        self.checkpointer.wait()
+        return self.best or {}
+
+    def _progress(self) -> dict:
+        split = self.exp.dataset.train
+        return {"window": self.window.state(split), "epoch": self.epoch.state(split)}
+
+    def _end_epoch(self, state: TrainState, step: int, writer: MetricWriter, bar: tqdm) -> None:
+        exp = self.exp
+        epoch = step // exp.steps_per_epoch
+        values = self.epoch.means(exp.dataset.train) | {"epoch": epoch}
+        self.epoch = _RunningMeans()
+        if _is_time(epoch, exp.config.eval_every_epochs) or step == exp.total_steps:
+            variables = state.backbone_variables()
+            test = evaluate(exp, self.eval_step, variables, show_progress=not bar.disable)
+            scores = {"top1": test.top1, "top5": test.top5}
+            values |= {f"test_{k}": v for k, v in scores.items()}
+            if self.best is None or scores["top1"] > self.best["top1"]:
+                self.best = scores | {"epoch": epoch}
+                self.checkpointer.save_best(step, variables, self.best)
+                source = f"{self.folder.best} step {step}"
+                save_score_files(
+                    exp, self.eval_step, variables, test, self.folder.test_scores, source
+                )
+            bar.write(
+                f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
+                f"(best {self.best['top1']:.2f}% at epoch {self.best['epoch']})"
+            )
+        writer.write("epoch", step, values)
+        self.checkpointer.save(state, self.batches, self._progress())
+
+    def _stop(self, state: TrainState, step: int) -> None:
+        """Checkpoints the current step (unless its checkpoint exists) and says how to resume."""
+        self.checkpointer.save_now(state, self.batches, self._progress())
+        signal_name = self.stop.received
+        raise Stopped(
+            signal_name,
+            f"{signal_name}: training stopped after step {step} of {self.exp.total_steps}; "
+            f"checkpoint in {self.folder.checkpoints / str(step)}.\n"
+            f"Resume with the same command:\n  {_resume_command()}",
+        )
