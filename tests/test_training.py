@@ -342,3 +342,19 @@ def test_bfloat16_compute_keeps_float32_state_and_close_logits():
     low, full = np.asarray(eval_step(variables, x)[0]), np.asarray(f32_eval(variables, x)[0])
     assert not np.array_equal(low, full)  # it really ran in bf16
     assert np.abs(low - full).max() <= 0.05 * np.abs(full).max()
+
+
+def test_a_non_finite_loss_names_the_step_and_the_samples_behind_it():
+    """The first non-finite step of a logging window, and whether its batch's inputs were."""
+    x = np.zeros((6, 3, 4, 25, 2), np.float32)
+    x[4, 0, 2, 7, 0] = np.nan
+    split = loop.Split(x, np.zeros(6, np.int32), 2)
+    window = loop._RunningMeans()
+    window.add(11, {"loss": np.float32(1.0)}, np.array([0, 1]))
+    window.add(12, {"loss": np.float32(np.nan)}, np.array([3, 4]))
+    with pytest.raises(FloatingPointError, match=r"at step 12: loss nan; .*not finite: .*\[4\]"):
+        window.means(split)
+    window = loop._RunningMeans()
+    window.add(13, {"loss": np.float32(np.inf)}, np.array([0, 1]))
+    with pytest.raises(FloatingPointError, match=r"step 13: loss inf; the batch's inputs were fin"):
+        window.means(split)
