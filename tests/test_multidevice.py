@@ -73,7 +73,11 @@ def _real_slots(key: str, x: np.ndarray) -> np.ndarray:
 # flip (2) or a gradient averaged over the wrong count (>= 0.875). Biases of convolutions that
 # feed a BatchNorm get no gradient in exact arithmetic and move by rounding alone, by <= 1.03e-6
 # of their part's largest change (a running mean that barely moves, by 7e-10): NOISE = 1e-5.
-RTOL, BACKBONE_RTOL, NOISE = 1e-2, 0.5, 1e-5
+# In the backbone, a CTR-GCN alpha whose gradient nearly cancels over the batch (l3's moves by
+# 7.5e-5 on one device, 1.2e-5 on eight, since the temporal convolutions run as 1-D ones)
+# differs by 4.9e-4 of the largest parameter change: BACKBONE_NOISE = 1e-3, far below the
+# changes of the leaves a sign flip or a wrong count would move.
+RTOL, BACKBONE_RTOL, NOISE, BACKBONE_NOISE = 1e-2, 0.5, 1e-5, 1e-3
 
 
 def _changes_that_differ(initial: dict, one: dict, eight: dict) -> dict[str, float]:
@@ -89,9 +93,10 @@ def _changes_that_differ(initial: dict, one: dict, eight: dict) -> dict[str, flo
         parts[part] = max(parts.get(part, 0.0), np.abs(delta1).max(initial=0))
     differ = {}
     for key, (delta1, delta8) in deltas.items():
-        rtol = BACKBONE_RTOL if re.match(r"\.(params|opt_state).*\['backbone'\]", key) else RTOL
+        backbone = re.match(r"\.(params|opt_state).*\['backbone'\]", key)
+        rtol, noise = (BACKBONE_RTOL, BACKBONE_NOISE) if backbone else (RTOL, NOISE)
         change, error = np.abs(delta1).max(initial=0), np.abs(delta8 - delta1).max(initial=0)
-        if error > rtol * change + NOISE * parts[key.split("[")[0]]:
+        if error > rtol * change + noise * parts[key.split("[")[0]]:
             differ[key] = error / change if change else np.inf
     return differ
 
