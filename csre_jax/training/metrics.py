@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import jax
-import numpy as np
 from tensorboardX import SummaryWriter
 
 from csre_jax.fileio import atomic_write
@@ -72,12 +71,6 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-    """Averages a list of per-step metric dicts (fetched from the devices in one go)."""
-    fetched = jax.device_get(history)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 def _parse(path: Path) -> list[tuple[str, dict]]:
