@@ -17,6 +17,27 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
 
 
+# The modules that take minutes, longest first. With one file per worker at a time
+# (pyproject's --dist=loadfile), starting them first keeps the short ones for the end,
+# where they fill the other workers instead of one long file running alone.
+SLOW_MODULES = (
+    "test_training.py",
+    "test_custom_data.py",
+    "test_multidevice.py",
+    "test_replay.py",
+    "test_distributed.py",
+    "test_device_check.py",
+    "test_bank_queue.py",
+    "test_blockgcn.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Slow modules first (SLOW_MODULES), each module's tests in their own order."""
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared beside the checkout. Without it the tests that compare with the official

@@ -1,6 +1,6 @@
 """Data parallelism on 8 emulated CPU devices (tests/multidevice_run.py in a fresh process):
 the same numbers as one device, banks split by rows and never gathered whole, and a
-checkpoint written on 8 devices resumes on 2."""
+checkpoint written on 8 devices resumes on one (whose train step the first run compiled)."""
 
 import os
 import re
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
             "tests/multidevice_run.py",
             f"--output={workdir / 'out.npz'}",
             f"--workdir={workdir}",
-            "--runs=1,8:save,2:resume",
+            "--runs=1,8:save,1:resume",
             "--check_loss",
             f"--steps={STEPS}",
             f"--save_after={SAVE_AFTER}",
@@ -139,8 +139,8 @@ def test_banks_are_split_by_rows_over_the_devices(runs):
     for leaf in ("features", "labels", "filled"):
         eight = results[f"8:save/bank_rows/['spatial'].{leaf}"]
         assert list(eight) == [104] + [13] * 8, (leaf, eight)
-        two = results[f"2:resume/bank_rows/['temporal'].{leaf}"]
-        assert list(two) == [100, 50, 50], (leaf, two)
+        one = results[f"1:resume/bank_rows/['temporal'].{leaf}"]
+        assert list(one) == [100, 100], (leaf, one)
 
 
 def test_the_train_step_never_gathers_a_whole_bank(runs):
@@ -157,11 +157,11 @@ def test_the_train_step_never_gathers_a_whole_bank(runs):
     assert re.search(r"f32\[13,32\]", hlo)  # each device works on its 13 rows of a bank
 
 
-def test_a_checkpoint_of_eight_devices_resumes_on_two(runs):
+def test_a_checkpoint_of_eight_devices_resumes_on_one(runs):
     _, results = runs
-    assert int(results["2:resume/devices"]) == 2
+    assert int(results["1:resume/devices"]) == 1
     # restored exactly, banks re-padded from 104 to 100 rows
-    saved, restored = (_states(results, r, "saved_state") for r in ("8:save", "2:resume"))
+    saved, restored = (_states(results, r, "saved_state") for r in ("8:save", "1:resume"))
     assert restored[".banks['spatial'].features"].shape == (SAMPLES, 32)
     assert saved.keys() == restored.keys()
     for key, value in saved.items():
@@ -169,5 +169,5 @@ def test_a_checkpoint_of_eight_devices_resumes_on_two(runs):
     # and it continues like the uninterrupted 8-device run
     for name in ("loss", "ce", "loss_spatial", "loss_temporal"):
         straight = results[f"8:save/metrics/{name}"][SAVE_AFTER:]
-        resumed = results[f"2:resume/metrics/{name}"]
+        resumed = results[f"1:resume/metrics/{name}"]
         np.testing.assert_allclose(resumed, straight, rtol=1e-3, err_msg=name)
