@@ -37,7 +37,8 @@ USER_LAYOUT = {
     "centre": "hip",
 }
 # (layout, channels, persons): the user's skeleton with a cycle, in plain 2D (x, y). COCO
-# keypoints with scores and a 3-D JSON layout train end to end in tests/test_custom_data.py.
+# keypoints with scores and a 3-D JSON layout train end to end in tests/test_custom_data.py
+# (three backbones on each).
 CASES = [("user", 2, 1)]
 
 
