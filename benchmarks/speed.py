@@ -1,12 +1,17 @@
 """How fast csre-jax trains on this machine: every speed number of issue 7, in one run.
 
-  python -m benchmarks.speed                                   # about 25 min on 2 CPU cores
-  python -m benchmarks.speed --torch-json=torch_reference.json # with official PyTorch times
+  python -m benchmarks.speed                                   # about 35 min on 2 CPU cores
+  python -m benchmarks.speed --torch-python=/path/to/torch/python --official-root=DIR
+  python -m benchmarks.speed --torch-json=torch_reference.json # official times measured before
   python -m benchmarks.speed --quick                           # a smoke run of every table
 
-The official PyTorch times come from benchmarks/torch_reference.py, run with a Python that has
-PyTorch (the project does not depend on it) on the same machine just before:
-  /path/to/torch/python -m benchmarks.torch_reference --official-root=DIR --json=FILE
+The official PyTorch numbers come from benchmarks/torch_reference.py, run with a Python that
+has PyTorch (the project does not depend on it): given --torch-python and --official-root this
+run starts it first, on the same machine, so both sides share the run; --torch-json reads the
+output of an earlier one. The last table holds the issue-16 targets side by side: the
+backbone step at batch 16 against the official step (target 1: at most 1.0x), its peak memory
+against the official one (2), the CSRE part against the official loss (3: at least 15x faster)
+with each backbone's CSRE overhead (3: at most 3%), and compile times (4: at most 20 s).
 
 Tables (NTU shape: 3 x 64 frames x 25 joints x 2 persons, 120 classes, banks of 63,026 slots =
 NTU120 X-sub, pre-filled so every anchor is valid, float32):
@@ -29,6 +34,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -209,6 +215,8 @@ def main():
     parser.add_argument("--classes", type=int, default=120)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     parser.add_argument("--torch-json", help="benchmarks.torch_reference --json output")
+    parser.add_argument("--torch-python", help="a Python with PyTorch: run torch_reference first")
+    parser.add_argument("--official-root", help="torch_reference's folder of official clones")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every table")
     parser.add_argument(
         "--gpu-tflops", type=float, default=20.0, help="sustained float32 TFLOP/s per GPU"
@@ -236,7 +244,7 @@ def main():
     )
 
     # 2. overhead side by side, and 3. against PyTorch
-    torch_ref = json.loads(Path(args.torch_json).read_text()) if args.torch_json else {}
+    torch_ref = official_numbers(args, small_batch, frames, big_batch)
     print(
         "2./3. Train step without and with CSRE, steps interleaved (targets: overhead at most "
         f"3% for CTR-GCN, 5% for the others); the backbone at batch {small_batch} against "
@@ -252,13 +260,13 @@ def main():
     for name in names:
         batch = big_batch if name == "ctrgcn" else small_batch
         r = results[name] = child(args, name, batch, frames, "base+csre")
-        if batch != small_batch:
-            r["small"] = child(args, name, small_batch, frames, "base")
-        base_small = r["small"]["base_s"] if "small" in r else r["base_s"]
+        # the backbone alone in its own process: its step, compile time and peak memory
+        r["small"] = child(args, name, small_batch, frames, "base")
+        base_small = r["small"]["base_s"]
         official = torch_ref.get(name, {}).get("step_s")
         ratio = f"{base_small / official:.2f}" if official else "not measured"
         official_text = f"{official:.2f} s" if official else "not measured"
-        small_note = f" ({base_small:.2f} s at batch {small_batch})" if "small" in r else ""
+        small_note = f" ({base_small:.2f} s at batch {small_batch})" if batch != small_batch else ""
         print(
             f"| {name} | {parameter_count(name, args.classes):,} | {batch} | "
             f"{r['base_s']:.2f} s{small_note} | {r['csre_s']:.2f} s | "
@@ -282,6 +290,79 @@ def main():
     # 5. cost model
     if "ctrgcn" in results:
         cost_model(args, results["ctrgcn"], part, big_batch, small_batch, frames)
+
+    targets(results, part, torch_ref, big_batch, small_batch)
+
+
+def official_numbers(args, batch: int, frames: int, loss_batch: int) -> dict:
+    """benchmarks.torch_reference's numbers at this batch and window: run now (--torch-python),
+    read (--torch-json), or none."""
+    if args.torch_python:
+        if not args.official_root:
+            raise SystemExit("--torch-python needs --official-root (see torch_reference.py)")
+        with tempfile.TemporaryDirectory() as folder:
+            output = Path(folder) / "torch_reference.json"
+            command = [
+                args.torch_python,
+                "-m",
+                "benchmarks.torch_reference",
+                f"--official-root={args.official_root}",
+                f"--models={args.models},csre_loss",
+                f"--batch={batch}",
+                f"--frames={frames}",
+                f"--classes={args.classes}",
+                f"--steps={args.steps}",
+                f"--loss-batch={loss_batch}",
+                # enough slots for every anchor to have its 128 positives (quick runs)
+                f"--loss-slots={max(args.slots, 128 * args.classes)}",
+                f"--json={output}",
+            ]
+            subprocess.run(command, check=False, cwd=Path(__file__).resolve().parents[1])
+            print()
+            return json.loads(output.read_text()) if output.is_file() else {}
+    return json.loads(Path(args.torch_json).read_text()) if args.torch_json else {}
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("met" if met else "**missed**")
+
+
+def targets(results: dict, part: dict, torch_ref: dict, big_batch: int, small_batch: int):
+    """Issue 16's targets, ours against the official code's numbers of this run."""
+    official_loss = torch_ref.get("csre_loss", {}).get("call_s")
+    speedup = official_loss * 1000 / part["ms"] if official_loss else None
+    official_slots = torch_ref.get("csre_loss", {}).get("slots", 0)
+    loss_text = (
+        f"ours {part['ms']:.0f} ms, official {1000 * official_loss:.0f} ms "
+        f"({official_slots:,} slots): {speedup:.1f}x faster"
+        if speedup
+        else f"ours {part['ms']:.0f} ms, official not measured"
+    )
+    print(
+        f"\nTargets (issue 16), float32, backbone alone at batch {small_batch}. 3. CSRE part "
+        f"(both banks, batch {big_batch}): {loss_text} (target: at least 15x): "
+        f"{_verdict(speedup and speedup >= 15)}\n"
+    )
+    print(
+        "| backbone | 1. step ours / official (at most 1.0) | 2. peak memory ours / official "
+        "| 3. CSRE overhead (at most 3%) | 4. compile (at most 20 s) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        small, official = r["small"], torch_ref.get(name, {})
+        ratio = small["base_s"] / official["step_s"] if "step_s" in official else None
+        memory = small["peak_gib"] / official["peak_rss_gib"] if official else None
+        overhead = 100 * (r["csre_s"] - r["base_s"]) / r["base_s"]
+        compile_s = max(small["base_compile_s"], r["csre_compile_s"])
+        ratio_text = f"{ratio:.2f}" if ratio else "-"
+        memory_text = (
+            f"{small['peak_gib']:.1f} / {official['peak_rss_gib']:.1f} GiB" if official else "-"
+        )
+        print(
+            f"| {name} | {ratio_text}: {_verdict(ratio and ratio <= 1.0)} | {memory_text}: "
+            f"{_verdict(memory and memory <= 1.0)} | {overhead:+.1f}% at batch {r['batch']}: "
+            f"{_verdict(overhead <= 3)} | {compile_s:.0f} s: {_verdict(compile_s <= 20)} |"
+        )
 
 
 def cost_model(args, ctrgcn: dict, part: dict, big_batch: int, small_batch: int, frames: int):

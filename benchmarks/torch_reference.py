@@ -145,6 +145,12 @@ SPECS = {
     },
 }
 MODEL_NAMES = tuple(SPECS)
+# The official CSRE loss (the release's model/loss.py): both banks' write, similarities,
+# per-anchor selections and InfoNCE, forward and backward, at the recipe's sizes. Timed like a
+# backbone, in its own process, under this name.
+CSRE_LOSS = "csre_loss"
+CSRE_LOSS_ROOTS = ["zhshj0110__CSRE"]
+CSRE_LOSS_SIZES = {"dim": 256, "positives": 128, "negatives": 512}
 # Heads that the released file carries but the backbone step does not train (CSRE's STFD head).
 UNTRAINED_PREFIXES = ("std.",)
 
@@ -212,6 +218,69 @@ def make_optimizer(model, spec):
         nesterov=spec["nesterov"],
         weight_decay=spec["weight_decay"],
     )
+
+
+def measure_csre_loss(args) -> dict:
+    """The official loss on both banks (spatial and temporal), full and valid for every anchor
+    (args.loss_slots slots, by default one per NTU120 X-sub training sample; args.classes
+    classes), at args.loss_batch: the first call and the median of `steps` further calls of
+    forward + backward to the features."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    roots = [os.path.join(args.official_root, root) for root in CSRE_LOSS_ROOTS]
+    if not os.path.isdir(roots[0]):
+        raise SystemExit(f"{CSRE_LOSS}: {roots[0]} does not exist (see this module's docstring)")
+    sys.path[:0] = roots
+    from model.loss import ContrastLoss
+
+    size = {**CSRE_LOSS_SIZES, "batch": args.loss_batch, "slots": args.loss_slots}
+    labels = (torch.arange(size["slots"]) % args.classes).tolist()
+    banks = []
+    for _ in range(2):
+        bank = ContrastLoss(
+            out_channels=size["dim"],
+            mem_size=size["slots"],
+            positive_num=size["positives"],
+            negative_num=size["negatives"],
+            T=0.8,
+            class_num=args.classes,
+            label_all=labels,
+        )
+        rows = torch.randn(size["slots"], size["dim"])
+        bank.Bank.data = rows / rows.norm(dim=1, keepdim=True)
+        bank.bank_flag.data.fill_(1)
+        banks.append(bank)
+    generator = torch.Generator().manual_seed(1)
+    times = []
+    for _ in range(args.steps + 1):
+        features = [
+            torch.randn(size["batch"], size["dim"], generator=generator, requires_grad=True)
+            for _ in banks
+        ]
+        label = torch.randint(0, args.classes, (size["batch"],), generator=generator)
+        index = torch.randperm(size["slots"], generator=generator)[: size["batch"]]
+        start = time.perf_counter()
+        loss = sum(bank(f, label, index) for bank, f in zip(banks, features, strict=True)) / 2
+        if not loss.requires_grad:  # the official loss returns a constant 0 then
+            raise SystemExit(
+                f"{CSRE_LOSS}: no anchor has {size['positives']} positives among "
+                f"{size['slots']:,} slots of {args.classes} classes; give --loss-slots of at "
+                f"least {size['positives'] * args.classes:,}"
+            )
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    return {
+        "call_s": statistics.median(times[1:]) if times[1:] else times[0],
+        "first_call_s": times[0],
+        "call_times_s": times[1:],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "classes": args.classes,
+        **size,
+    }
 
 
 def measure(args, name: str) -> dict:
@@ -294,6 +363,8 @@ def run_child(args, name: str) -> dict:
         f"--classes={args.classes}",
         f"--threads={args.threads}",
         f"--steps={args.steps}",
+        f"--loss-batch={args.loss_batch}",
+        f"--loss-slots={args.loss_slots}",
         "--child",
     ]
     threads = str(args.threads)
@@ -316,6 +387,13 @@ def table(results: dict) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | | |")
             continue
+        if name == CSRE_LOSS:
+            lines.append(
+                f"| CSRE loss, both banks, batch {r['batch']}, {r['slots']:,} slots | - | "
+                f"{r['first_call_s']:.2f} s | {r['call_s']:.2f} s | {r['peak_rss_gib']:.2f} GiB "
+                f"| {r['threads']} | {r['torch_version']} |"
+            )
+            continue
         params = f"{r['params']:,}"
         if r["params_all"] != r["params"]:
             params += f" ({r['params_all']:,} with the std head)"
@@ -329,21 +407,30 @@ def table(results: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official-root", required=True, help="folder of owner__repo clones")
-    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument(
+        "--models",
+        default=",".join((*MODEL_NAMES, CSRE_LOSS)),
+        help=f"backbones, and {CSRE_LOSS} for the official CSRE loss",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--classes", type=int, default=120)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
+    parser.add_argument("--loss-batch", type=int, default=64, help=f"{CSRE_LOSS}'s batch")
+    parser.add_argument(
+        "--loss-slots", type=int, default=63026, help=f"{CSRE_LOSS}'s bank slots (NTU120 X-sub)"
+    )
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
-    unknown = sorted(set(names) - set(SPECS))
+    unknown = sorted(set(names) - {*SPECS, CSRE_LOSS})
     if unknown:
-        parser.error(f"unknown models {unknown}; choose from {list(SPECS)}")
+        parser.error(f"unknown models {unknown}; choose from {[*SPECS, CSRE_LOSS]}")
     if args.child:
-        print(RESULT_MARK + json.dumps(measure(args, names[0])), flush=True)
+        result = measure_csre_loss(args) if names[0] == CSRE_LOSS else measure(args, names[0])
+        print(RESULT_MARK + json.dumps(result), flush=True)
         return
     print(
         f"official PyTorch backbones: batch {args.batch}, {args.frames} frames, "
@@ -354,7 +441,7 @@ def main():
     for name in names:
         results[name] = run_child(args, name)
         r = results[name]
-        status = r["error"] if "error" in r else f"{r['step_s']:.2f} s/step"
+        status = r.get("error") or f"{r.get('step_s', r.get('call_s')):.2f} s per step"
         print(f"  {name}: {status}", flush=True)
     print(table(results))
     if args.json:
