@@ -7,20 +7,20 @@ A layout copy is an op of the optimised HLO whose only work is moving data into 
 order: a top-level copy or transpose, or a fusion made of nothing but transposes, copies and
 reshapes. XLA:CPU's matmuls and convolutions want their operands in one order, so a model
 whose activations are in another pays one of these on every contraction, forward and
-backward. tests/test_layout_copies.py bounds the count per backbone, so a change that brings
-copies back shows.
+backward. tests/test_custom_data.py bounds the count in each backbone's train step, so a
+change that brings copies back shows.
 """
 
 import argparse
 import re
+import types
 from dataclasses import dataclass
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks import speed
 from csre_jax import models
+from csre_jax.training import loop
 
 # Ops that only move or re-view data; a fusion of these alone (with a transpose or copy among
 # them) is a layout copy.
@@ -97,33 +97,15 @@ def layout_copies(hlo: str) -> list[LayoutCopy]:
     return found
 
 
-def train_step_hlo(name: str, *, batch: int, frames: int, **kwargs) -> str:
-    """The optimised HLO of backbone `name`'s train step (NTU skeleton, 2 persons): forward in
-    train mode, cross-entropy, backward and an SGD-momentum update."""
-    backbone = models.create_model(name, num_classes=60, dataset="ntu", **kwargs)
-    inputs = models.example_inputs(backbone, batch=batch, num_frames=frames)
-    variables = jax.eval_shape(backbone.init, jax.random.key(0), **inputs)
-    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-    labels = jnp.zeros((batch,), jnp.int32)
-
-    def step(variables, opt_state, inputs):
-        def loss(params):
-            logits, updates = backbone.apply(
-                {**variables, "params": params},
-                **inputs,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": jax.random.key(0)},
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
-
-        (_, updates), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        changes, opt_state = tx.update(grads, opt_state, variables["params"])
-        params = optax.apply_updates(variables["params"], changes)
-        return {**variables, **updates, "params": params}, opt_state
-
-    opt_state = jax.eval_shape(tx.init, variables["params"])
-    return jax.jit(step).lower(variables, opt_state, inputs).compile().as_text()
+def train_step_hlo(name: str, *, batch: int, frames: int) -> str:
+    """The optimised HLO of backbone `name`'s train step as training runs it without CSRE
+    (benchmarks.speed's NTU-shaped experiment: official width, the config's optimizer)."""
+    args = types.SimpleNamespace(batch=batch, frames=frames, slots=batch, classes=120)
+    exp = speed.experiment(args, name, "none")
+    state = speed.filled_state(exp)
+    train_step, _ = loop.compile_steps(exp, state)
+    batch_of_inputs = next(speed.random_batches(exp, args))
+    return train_step.lower(state, batch_of_inputs).compile().as_text()
 
 
 def main():
