@@ -62,7 +62,7 @@ def experiment(args, model: str, banks: str) -> loop.Experiment:
     shapes come from the dataset (batches are made by `random_batches`)."""
     config = common.base_config()
     config.model.name = model
-    config.model.kwargs = ConfigDict()
+    config.model.kwargs = ConfigDict({"remat": getattr(args, "remat", False)})
     config.data.batch_size = args.batch
     config.data.eval_batch_size = args.batch
     config.csre.banks = banks
@@ -220,6 +220,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every table")
     parser.add_argument(
         "--gpu-tflops", type=float, default=20.0, help="sustained float32 TFLOP/s per GPU"
+    )
+    parser.add_argument(
+        "--remat", action="store_true", help="model.kwargs.remat for every step (less memory)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

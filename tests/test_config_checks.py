@@ -185,7 +185,7 @@ def test_a_misspelt_model_kwargs_override_is_named(tmp_path):
     assert "config.model.kwargs (from configs/ctrgcn.py) has no field 'base_chanels'" in (
         result.stderr
     )
-    assert "Its fields: base_channels, dropout." in result.stderr
+    assert "Its fields: base_channels, dropout, remat." in result.stderr
 
 
 def test_eval_names_a_garbage_npz_and_its_flag(tmp_path):

@@ -217,9 +217,10 @@ class BlockGCN(Backbone, kw_only=True):
         x = embed_joints(self, person_rows(x), self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
         graph = graphs.hyperformer_layout(self.layout)
+        block_class = self.block_class(TCNGCN)
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
             topo = TopoTrans(x.shape[-1], name=f"t{i}")(a_rows, train)
-            block = TCNGCN(channels, graph, self.num_heads, stride, name=f"l{i + 1}")
+            block = block_class(channels, graph, self.num_heads, stride, name=f"l{i + 1}")
             x = block(x + topo[:, None, None, :], train)
         return self.outputs(x, train, return_features)
 

@@ -114,8 +114,9 @@ class CTRGCN(Backbone, kw_only=True):
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
         self.check_input(x)
         x = normalized_person_rows(x, train)
+        block_class = self.block_class(self.block)
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
-            block = self.block(channels, self.layout, stride, residual=i > 0, name=f"l{i + 1}")
+            block = block_class(channels, self.layout, stride, residual=i > 0, name=f"l{i + 1}")
             x = block(x, train)
         return x
 

@@ -111,10 +111,11 @@ class HCN(Backbone, kw_only=True):
         x = person_rows(x).reshape(n * m, t, v, c)  # batch row n*M + m
         motion = jnp.einsum("st,btvc->bsvc", motion_resize_matrix(t), x[:, 1:] - x[:, :-1])
         width = self.out_channels
-        conv3x3 = functools.partial(Stage, kernel_size=(3, 3), pool=True)
+        stage = self.block_class(Stage)
+        conv3x3 = functools.partial(stage, kernel_size=(3, 3), pool=True)
 
         def stream(h, suffix):
-            h = Stage(width, relu=True, name=f"conv1{suffix}")(h, train)
+            h = stage(width, relu=True, name=f"conv1{suffix}")(h, train)
             h = nn.Conv(
                 t, (3, 1), padding=((1, 1), (0, 0)), kernel_init=glorot, name=f"conv2{suffix}"
             )(h)

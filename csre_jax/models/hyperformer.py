@@ -172,8 +172,9 @@ class Hyperformer(Backbone, kw_only=True):
         if len(joint_label) != num_joints:
             raise ValueError(f"joint_label has {len(joint_label)} entries for {num_joints} joints")
         x = normalized_person_rows(x, train)
+        block_class = self.block_class(TCNViT)
         for i in range(1, 11):
-            x = TCNViT(
+            x = block_class(
                 self.num_heads,
                 self.head_dim,
                 self.proj_groups,

@@ -148,8 +148,9 @@ class InfoGCN(Backbone, kw_only=True):
         x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.layout, self.k), person_rows(x))
         x = embed_joints(self, x, self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
+        block_class = self.block_class(EncodingBlock)
         for i, (channels, stride) in enumerate(block_plan(self.base_channels)):
-            x = EncodingBlock(channels, self.num_heads, stride, name=f"l{i + 1}")(x, train)
+            x = block_class(channels, self.num_heads, stride, name=f"l{i + 1}")(x, train)
         return x
 
     def head(self, feats: jax.Array, train: bool) -> jax.Array:

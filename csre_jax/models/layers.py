@@ -173,6 +173,7 @@ class Backbone(nn.Module, kw_only=True):
     the GCN head `classify`. Fields are keyword-only (the registry passes keywords), so each
     subclass adds its own after these. `layout` is the skeleton: V and every graph-dependent
     constant come from it; C is in_channels (3 for x, y, z or x, y, score; 2 for x, y).
+    `remat` trades compute for memory (`block_class`).
     """
 
     num_classes: int
@@ -180,6 +181,14 @@ class Backbone(nn.Module, kw_only=True):
     layout: Layout
     in_channels: int = 3
     dropout: float = 0.0
+    remat: bool = False
+
+    def block_class(self, module_class: type[nn.Module]) -> type[nn.Module]:
+        """The class of the backbone's blocks; with `remat`, blocks that keep only their input
+        for the backward pass and recompute the rest there (`nn.remat`): activation memory of
+        one block instead of all, for about one more forward pass. Same variables and names,
+        so checkpoints load either way. The block's call must be (x, train)."""
+        return nn.remat(module_class, static_argnums=(2,)) if self.remat else module_class
 
     def check_input(self, x: jax.Array) -> None:
         """Refuse an input whose (C, V, M) do not fit the model, naming what was expected."""
