@@ -172,9 +172,10 @@ def pipeline_throughput(batch: int, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def parameter_count(model: str, num_classes: int) -> int:
+def parameter_count(model: str, num_classes: int, frames: int) -> int:
+    """At the run's window: HCN's fc7 grows with the frames."""
     backbone = models.create_model(model, num_classes=num_classes, dataset="ntu")
-    inputs = models.example_inputs(backbone, "ntu")
+    inputs = models.example_inputs(backbone, "ntu", num_frames=frames)
     params = jax.eval_shape(backbone.init, jax.random.key(0), **inputs)["params"]
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
@@ -271,7 +272,7 @@ def main():
         official_text = f"{official:.2f} s" if official else "not measured"
         small_note = f" ({base_small:.2f} s at batch {small_batch})" if batch != small_batch else ""
         print(
-            f"| {name} | {parameter_count(name, args.classes):,} | {batch} | "
+            f"| {name} | {parameter_count(name, args.classes, frames):,} | {batch} | "
             f"{r['base_s']:.2f} s{small_note} | {r['csre_s']:.2f} s | "
             f"{100 * (r['csre_s'] - r['base_s']) / r['base_s']:+.1f}% "
             f"(CSRE part alone: {100 * part['ms'] / 1000 / r['base_s'] * batch / big_batch:.1f}%)"

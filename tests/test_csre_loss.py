@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csre_jax.csre import loss as loss_module
 from csre_jax.csre.bank import MemoryBank, create_bank, write
 from csre_jax.csre.loss import ContrastConfig, bank_loss, info_nce, normalize, select_slots
 
@@ -186,6 +187,44 @@ def test_random_sets_of_two_anchors_are_independent():
         for chosen in (np.asarray(select(k)) for k in jax.random.split(jax.random.key(3), 1000))
     ]
     np.testing.assert_allclose(np.mean(overlaps), 25 / pool[0].sum(), atol=0.08)
+
+
+_draw = jax.jit(loss_module._random_select, static_argnums=(2, 3))
+
+
+def _draw_with_window(pools, key, k, window):
+    """_random_select's sets with the given candidate window (the whole range if larger)."""
+    return np.asarray(_draw(pools, key, k, window)[0])
+
+
+@pytest.mark.parametrize("share", [0.9, 0.004])
+def test_random_draws_from_the_window_equal_those_from_the_whole_bank(share):
+    """20,000 slots, so candidates come from a 4,096-slot window of a 32,768 range. A pool
+    of 90% of the bank fills the window; one of 0.4% (80 slots) does not and takes the whole
+    range: either way the sets are the ones a read of the whole range gives."""
+    rng = np.random.default_rng(5)
+    pools = jnp.asarray(rng.uniform(size=(4, 20000)) < share)
+    key = jax.random.key(7)
+    windowed = _draw_with_window(pools, key, 64, window=4096)
+    whole = _draw_with_window(pools, key, 64, window=1 << 15)
+    np.testing.assert_array_equal(windowed, whole)
+    for row, chosen in zip(np.asarray(pools), windowed, strict=True):
+        assert len(set(chosen)) == 64 and row[chosen].all()
+
+
+def test_random_draws_over_a_large_bank_are_uniform():
+    """Slot shares over blocks of 250 slots of a 5,000-slot pool (90% of the bank), 400
+    draws of 64: each block gets its share of the draws, within 12%."""
+    rng = np.random.default_rng(6)
+    pool = rng.uniform(size=5000) < 0.9
+    pools = jnp.asarray(np.broadcast_to(pool, (8, 5000)))
+    counts = np.zeros(5000)
+    for key in jax.random.split(jax.random.key(8), 50):
+        chosen = _draw_with_window(pools, key, 64, window=4096)
+        counts += np.bincount(chosen.ravel(), minlength=5000)
+    assert counts[~pool].sum() == 0
+    expected = pool.reshape(20, 250).sum(1) / pool.sum() * counts.sum()
+    np.testing.assert_allclose(counts.reshape(20, 250).sum(1), expected, rtol=0.12)
 
 
 def test_info_nce_equals_the_explicit_row_loop():

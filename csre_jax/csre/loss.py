@@ -112,33 +112,64 @@ def _select(scores: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.
     return slots, jnp.all(chosen > -jnp.inf, axis=1)
 
 
-def _mix32(h: jax.Array) -> jax.Array:
-    """MurmurHash3's finaliser: a bijection of uint32 that spreads every input bit."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
+# Odd multipliers (bijective modulo any power of two) of the keyed permutation's rounds.
+_MULTIPLIERS = (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35)
+# Candidates a random selection reads per anchor (at least 4k) before it reads the whole range.
+_WINDOW = 4096
 
 
-def _random_keys(rng: jax.Array, shape) -> jax.Array:
-    """(anchors, slots) keys whose top k per row is a uniform draw without replacement.
+def _permuted(positions: jax.Array, keys: jax.Array, bits: int) -> jax.Array:
+    """A keyed bijection of [0, 2**bits), one per row of keys: rounds of xor with a key,
+    multiplication by an odd constant and a xor-shift (each invertible modulo 2**bits), then a
+    last key, so every position's image is uniform over the range and rows are independent."""
+    mask = jnp.uint32((1 << bits) - 1)
+    shift = (bits + 1) // 2
+    x = positions
+    for i, multiplier in enumerate(_MULTIPLIERS):
+        x = ((x ^ keys[:, i : i + 1]) * jnp.uint32(multiplier)) & mask
+        x = x ^ (x >> shift)
+    return x ^ (keys[:, -1:] & mask)
 
-    Threefry bits for all anchors x slots cost more than the rest of the loss on a CPU, so
-    only one word per slot and one per anchor are drawn and the pairs are mixed by a
-    bijection: for each anchor its slots' keys stay i.i.d. uniform (a bijection of i.i.d.
-    uniform words), which is all an exact draw needs, and the mixing decorrelates anchors.
-    A slot's word does not depend on how many padding slots follow it (threefry counts
-    elements in order), so runs whose banks are padded for other device counts agree.
+
+def _random_select(
+    pool: jax.Array, rng: jax.Array, k: int, window: int = _WINDOW
+) -> tuple[jax.Array, jax.Array]:
+    """k slots per row drawn uniformly without replacement from the row's pool (a (rows,
+    slots) mask), and whether the pool holds k.
+
+    Each row walks its slots in a random order (a keyed permutation of [0, 2**bits) that
+    covers them) and keeps the first k in its pool: a uniform k-subset, as a top-k of random
+    keys over the whole bank would draw, but reading only the first `window` candidates, which
+    hold k pool members whenever the pool is more than a few percent of the bank. Where some
+    row's window holds fewer (a bank still filling, a small pool), every row reads the whole
+    permuted range instead, with the same sets. Padding slots past the real ones are never
+    in a pool and, for device counts that are powers of two, never change the range, so
+    banks padded for any such count draw the same sets.
     """
-    slot_rng, anchor_rng = jax.random.split(rng)
-    slot_bits = jax.random.bits(slot_rng, shape[1:], jnp.uint32)
-    anchor_bits = jax.random.bits(anchor_rng, shape[:1], jnp.uint32)
-    keys = _mix32(anchor_bits[:, None] ^ _keep_slots_sharded(slot_bits[None, :]))
-    # 23 bits as the mantissa of a float in [1, 2), as jax.random.uniform does: XLA:CPU
-    # has a fast top-k for float32 only (integers fall back to a full sort).
-    mantissa = (keys >> 9) | jnp.uint32(0x3F800000)
-    return jax.lax.bitcast_convert_type(mantissa, jnp.float32)
+    rows, num_slots = pool.shape
+    bits = max(1, (num_slots - 1).bit_length())
+    keys = jax.random.bits(rng, (rows, len(_MULTIPLIERS) + 1), jnp.uint32)
+
+    def first_in_pool(width: int) -> tuple[jax.Array, jax.Array]:
+        order = jnp.broadcast_to(jnp.arange(width, dtype=jnp.uint32), (rows, width))
+        candidates = _permuted(order, keys, bits)
+        real = candidates < num_slots
+        slots = jnp.where(real, candidates, 0).astype(jnp.int32)
+        member = real & jnp.take_along_axis(pool, slots, axis=1)
+        # Earlier candidates rank higher; float32 ranks take XLA:CPU's fast top-k, and the
+        # input is already in order, its cheapest case.
+        rank = jnp.where(member, jnp.arange(width, 0, -1, dtype=jnp.float32), 0.0)
+        picked = jax.lax.top_k(rank, k)[1]
+        return jnp.take_along_axis(slots, picked, axis=1), member.sum(axis=1) >= k
+
+    full = 1 << bits
+    window = min(full, max(window, 4 * k))
+    slots, found = first_in_pool(window)
+    if window < full:  # over the whole range, `found` is whether the pool holds k
+        slots, found = jax.lax.cond(
+            jnp.all(found), lambda: (slots, found), lambda: first_in_pool(full)
+        )
+    return slots, found
 
 
 def select_slots(
@@ -162,12 +193,11 @@ def select_slots(
     if "hard" in config.positive_sampling:
         selections["positive"].append(_select(-ranking, positives, num_pos))
     if "random" in config.positive_sampling:
-        keys = _random_keys(pos_rng, ranking.shape)
-        selections["positive"].append(_select(keys, positives, num_pos))
+        selections["positive"].append(_random_select(positives, pos_rng, num_pos))
     if "hard" in config.negative_sampling:
         selections["negative"].append(_select(ranking, negatives, num_neg))
     if "random" in config.negative_sampling:
-        slots, enough = _select(_random_keys(neg_rng, ranking.shape), negatives, num_neg)
+        slots, enough = _random_select(negatives, neg_rng, num_neg)
         if random_negative_slots is not None:
             slots = jnp.maximum(random_negative_slots, 0)
         selections["negative"].append((slots, enough))
