@@ -223,7 +223,9 @@ def main():
         "--gpu-tflops", type=float, default=20.0, help="sustained float32 TFLOP/s per GPU"
     )
     parser.add_argument(
-        "--remat", action="store_true", help="model.kwargs.remat for every step (less memory)"
+        "--remat",
+        action="store_true",
+        help="model.kwargs.remat for every step (blocks recomputed in the backward pass)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
