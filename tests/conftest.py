@@ -26,6 +26,7 @@ SLOW_MODULES = (
     "test_multidevice.py",
     "test_replay.py",
     "test_distributed.py",
+    "test_training_checks.py",
     "test_device_check.py",
     "test_bank_queue.py",
     "test_blockgcn.py",
