@@ -44,16 +44,16 @@ def jax_times(reps: int) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.conv_forms import conv_1d_over_columns, conv_2d
+    from benchmarks.conv_forms import conv_1d_over_columns, conv_2d, measure
 
     key = iter(jax.random.split(jax.random.key(0), 16))
 
     def normal(*shape):
         return jax.random.normal(next(key), shape)
 
-    def fwd_bwd(f, *args):
-        grad = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=tuple(range(len(args)))))
-        return lambda: jax.block_until_ready(grad(*args))
+    def fwd_bwd_ms(form, x, w):
+        """conv_forms' measurement (forward and both gradients, best of reps), in ms."""
+        return 1000 * measure(form, x, w, reps)
 
     scores = normal(BATCH, SLOTS)
     times = {}
@@ -61,17 +61,11 @@ def jax_times(reps: int) -> dict[str, float]:
         top_k = jax.jit(lambda s, k=k: jax.lax.top_k(s, k))
         times[f"top-k {k}"] = best_ms(lambda f=top_k: jax.block_until_ready(f(scores)), reps)
     aggregate = lambda a, x: jnp.einsum("buwc,btwc->btuc", a, x)  # noqa: E731
-    times["CTRGC"] = best_ms(
-        fwd_bwd(
-            aggregate,
-            normal(ROWS, JOINTS, JOINTS, CHANNELS),
-            normal(ROWS, FRAMES, JOINTS, CHANNELS),
-        ),
-        reps,
-    )
+    adjacency = normal(ROWS, JOINTS, JOINTS, CHANNELS)
+    times["CTRGC"] = fwd_bwd_ms(aggregate, adjacency, normal(ROWS, FRAMES, JOINTS, CHANNELS))
     x = normal(ROWS, FRAMES, JOINTS, CHANNELS)
-    times["temporal"] = best_ms(fwd_bwd(conv_1d_over_columns, x, normal(9, 1, 64, 64)), reps)
-    times["3x3"] = best_ms(fwd_bwd(conv_2d, normal(ROWS, 32, 32, 32), normal(3, 3, 32, 64)), reps)
+    times["temporal"] = fwd_bwd_ms(conv_1d_over_columns, x, normal(9, 1, 64, 64))
+    times["3x3"] = fwd_bwd_ms(conv_2d, normal(ROWS, 32, 32, 32), normal(3, 3, 32, 64))
     similarity = lambda q, bank: jnp.dot(q, bank.T, precision="highest")  # noqa: E731
     bank = normal(SLOTS, DIM)
     grad = jax.jit(jax.grad(lambda q: jnp.sum(similarity(q, bank) ** 2)))
