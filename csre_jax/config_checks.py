@@ -10,6 +10,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+import jax
 from ml_collections import ConfigDict
 
 from csre_jax import models
@@ -19,7 +20,7 @@ from csre_jax.data.transforms import STREAMS, VARIANTS
 
 # What csre_jax.data.datasets.load_dataset, optimizer.from_config and the train step dispatch on.
 CHOICES = {
-    "compute_dtype": ("float32", "bfloat16"),
+    "compute_dtype": ("float32", "bfloat16", "float64"),
     "data.name": ("synthetic", "ntu60", "ntu120", "ucla", "custom"),
     "data.stream": STREAMS,
     "data.feeder_variant": VARIANTS,
@@ -105,6 +106,11 @@ def _problems(config: ConfigDict) -> list[str]:
             present, value = _present(config, field)
             if present and not ok(value):
                 problems.append(f"{field}={value!r}: {rule}")
+    if _present(config, "compute_dtype")[1] == "float64" and not jax.config.jax_enable_x64:
+        problems.append(
+            "compute_dtype='float64': JAX runs in 32 bits unless told otherwise; set "
+            "JAX_ENABLE_X64=1 in the environment, or use float32"
+        )
     return problems + _csre_problems(config) + _model_problems(config)
 
 

@@ -1,6 +1,6 @@
 """Replays a recorded official CSRE training run step by step through our own train step.
 
-  python -m csre_jax.replay path/to/train_steps.npz [--perturbations=4] [--strict]
+  python -m csre_jax.replay path/to/train_steps_f64.npz [--strict]
 
 The recording holds the official state before and after every step (weights, BatchNorm
 statistics, SGD momentum buffers, both memory banks), each step's batch, learning rate,
@@ -12,7 +12,15 @@ Tolerances per tensor (|ours - official| at most): losses 1e-5 relative; paramet
 BatchNorm statistics 1e-4 x the tensor's largest official magnitude + 1e-6; momentum
 buffers 1e-4 x largest + 1e-5; banks 1e-5; filled flags exact.
 
-A step can be ill-conditioned in float32: when a ReLU input or a max-pool pair sits within
+A recording made entirely in float64 (`float64` = 1: inputs, weights, BatchNorm statistics,
+momentum and banks in float64) is replayed in float64 with 64-bit JAX: the same train step,
+every tensor of the state in float64, the plain tolerances alone. That is the proof of
+equality: in float64 a step is far from every rounding-sized branch, so the official code
+itself reproduces its recording exactly and a 1e-12 perturbation moves no tensor by more
+than 1e-6 of its tolerance.
+
+A float32 recording documents how close float32 gets. A step can be ill-conditioned in
+float32: when a ReLU input or a max-pool pair sits within
 rounding distance of a tie, any two float32 implementations (the official code on two
 machines included) may take different branches there, and the early layers' gradients then
 differ by percents. So the step is also run on copies of its state and batch perturbed by a
@@ -77,6 +85,12 @@ PERTURBATION = 2.0**-20
 NOISE_GRADIENT = 1e-6  # a gradient this small against the largest one is zero up to rounding
 
 
+# The arrays a recording holds in its own precision (float32, or float64 for `float64` = 1);
+# the scalars, learning rates and losses are float64 in both.
+_STATE_PARTS = ("model", "momentum", "bank_spatial", "bank_temporal", "filled")
+_TENSORS = ("x_train", "x_test", "eval_logits", "logits")
+
+
 class RecordingError(ValueError):
     """A recording that cannot be replayed; the message names the file and the key."""
 
@@ -95,6 +109,15 @@ class Recording:
     @property
     def num_steps(self) -> int:
         return int(self.scalar("num_steps"))
+
+    @property
+    def float64(self) -> bool:
+        """Whether the official run was recorded entirely in float64."""
+        return bool(self.arrays.get("float64", 0))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float64 if self.float64 else np.float32)
 
     def state_dict(self, k: int, part: str) -> dict[str, np.ndarray]:
         """Official state k's `model` (weights and buffers) or `momentum` entries by key."""
@@ -123,7 +146,30 @@ def load_recording(path: str | Path) -> Recording:
             "official run holds x_train, bank_labels, the per-step arrays, the scalars and "
             "state<k>/{model,momentum,bank_*,filled} for k = 0 .. num_steps"
         )
-    return Recording(path, arrays)
+    recording = Recording(path, arrays)
+    _check_dtypes(recording)
+    return recording
+
+
+def _check_dtypes(recording: Recording) -> None:
+    """Every input, state and logit tensor in the recording's own precision: one mixed in
+    from another run would be compared at the wrong tolerance, or silently rounded."""
+    expected = recording.dtype
+    mixed = [
+        f"{key} ({value.dtype})"
+        for key, value in recording.arrays.items()
+        if (key in _TENSORS or key.startswith("state") and key.split("/")[1] in _STATE_PARTS)
+        and np.issubdtype(value.dtype, np.floating)
+        and value.dtype != expected
+    ]
+    if mixed:
+        more = f" ... ({len(mixed)} in all)" if len(mixed) > 4 else ""
+        kind = "float64 (float64=1)" if recording.float64 else "float32 (no float64=1)"
+        raise RecordingError(
+            f"{recording.path}: mixed precision: the recording is {kind} but "
+            f"{', '.join(mixed[:4])}{more} is not; record every input, weight, buffer, "
+            f"momentum and bank tensor as {expected}"
+        )
 
 
 def replay_config(recording: Recording) -> ConfigDict:
@@ -137,7 +183,7 @@ def replay_config(recording: Recording) -> ConfigDict:
             "seed": 0,
             "num_devices": 1,
             "num_epochs": int(recording.scalar("epochs")),
-            "compute_dtype": "float32",
+            "compute_dtype": recording.dtype.name,
             "data": {"batch_size": int(recording.scalar("batch_size")), "eval_batch_size": 8},
             "model": {
                 "name": "hyperformer",
@@ -284,7 +330,7 @@ class _Replayer:
 
             def scale(x):
                 noise = rng.uniform(-1.0, 1.0, np.shape(x)) * PERTURBATION
-                return (np.asarray(x, np.float64) * (1.0 + noise)).astype(np.float32)
+                return (np.asarray(x, np.float64) * (1.0 + noise)).astype(np.asarray(x).dtype)
 
             params = jax.tree.map(scale, jax.device_get(state.params))
             state = self.state(k, params)
@@ -341,18 +387,34 @@ def _spread(runs: list[dict], base: dict) -> dict[str, float]:
 class ReplayReport:
     recording: Path
     checks: list[Check]
+    float64: bool
 
     def failures(self, strict: bool = False) -> list[Check]:
         return [c for c in self.checks if (c.ratio if strict else c.widened) > 1]
 
-    def format(self) -> str:
-        """One line per step and kind: the worst tensor's error / tolerance, plain and
-        widened (a ratio above 1 fails)."""
-        lines = [f"replay of {self.recording}", "step  kind         error/tol  widened  worst"]
+    def worst(self) -> dict:
+        """Per step (and 'eval'), its largest plain error / tolerance over every kind."""
+        worst = {}
         for c in self.checks:
+            worst[c.step] = max(worst.get(c.step, 0.0), c.ratio)
+        return worst
+
+    def format(self) -> str:
+        """One line per step and kind: the worst tensor's error / tolerance (above 1 fails),
+        for a float32 recording also widened by the step's float32 spread; then each step's
+        worst ratio and the verdicts."""
+        precision = "float64" if self.float64 else "float32"
+        header = "step  kind         error/tol" + ("" if self.float64 else "  widened") + "  worst"
+        lines = [f"replay of {self.recording} ({precision})", header]
+        for c in self.checks:
+            if self.float64:
+                lines.append(f"{c.step!s:>4}  {c.kind:<11} {c.ratio:>10.3g}  {c.where}")
+                continue
             where = c.where if c.ratio > 1 or c.widened_where == c.where else c.widened_where
             lines.append(f"{c.step!s:>4}  {c.kind:<11} {c.ratio:>10.3g} {c.widened:>8.3g}  {where}")
-        for strict, name in ((False, "widened"), (True, "strict")):
+        worst = ", ".join(f"{step}: {ratio:.3g}" for step, ratio in self.worst().items())
+        lines.append(f"worst error/tol per step: {worst}")
+        for strict, name in ((False, "widened"), (True, "strict"))[self.float64 :]:
             failed = self.failures(strict)
             verdict = f"{len(failed)} check(s) over tolerance" if failed else "all within"
             lines.append(f"{name}: {verdict}")
@@ -389,12 +451,15 @@ def _trace(state: TrainState):
 
 
 def _step_checks(replayer: _Replayer, k: int, perturbations: int) -> list[Check]:
+    """Step k against official state k + 1; a float32 step's weights and momentum are also
+    judged widened by the spread of `perturbations` perturbed runs (a float64 one is not)."""
     recording = replayer.recording
     state, metrics = replayer.step(k)
     runs = [replayer.step(k, seed) for seed in range(perturbations)]
     params, batch_stats, momentum, banks = replayer.official(k + 1)
     ours_params, ours_momentum = _flat(state.params), _flat(_trace(state))
     official_momentum = _flat(momentum)
+    widen = not recording.float64
     losses = ("ce", "loss_spatial", "loss_temporal", "loss")
     checks = [
         _check(
@@ -409,7 +474,7 @@ def _step_checks(replayer: _Replayer, k: int, perturbations: int) -> list[Check]
             "params",
             ours_params,
             _flat(params),
-            _spread([_flat(s.params) for s, _ in runs], ours_params),
+            _spread([_flat(s.params) for s, _ in runs], ours_params) if widen else None,
         ),
         _check(k, "batch_stats", _flat(state.batch_stats), _flat(batch_stats)),
         _check(
@@ -417,7 +482,9 @@ def _step_checks(replayer: _Replayer, k: int, perturbations: int) -> list[Check]
             "momentum",
             ours_momentum,
             official_momentum,
-            _momentum_widening(replayer, k, ours_momentum, official_momentum, runs),
+            _momentum_widening(replayer, k, ours_momentum, official_momentum, runs)
+            if widen
+            else None,
         ),
     ]
     for kind, field in (("banks", "features"), ("filled", "filled")):
@@ -437,16 +504,25 @@ def _eval_check(replayer: _Replayer) -> Check:
     return _check("eval", "eval_logits", {"logits": logits}, {"logits": recording["eval_logits"]})
 
 
-def replay(path: str | Path, *, perturbations: int = 4, log=print) -> ReplayReport:
+def replay(path: str | Path, *, perturbations: int | None = None, log=print) -> ReplayReport:
     """Replays every recorded step through the compiled train step and compares (see the
-    module docstring); `perturbations` runs per step measure its float32 spread."""
-    replayer = _Replayer(load_recording(path))
-    checks = []
-    for k in range(replayer.recording.num_steps):
-        checks += _step_checks(replayer, k, perturbations)
-        log(f"step {k} replayed")
-    checks.append(_eval_check(replayer))
-    return ReplayReport(replayer.recording.path, checks)
+    module docstring): a float64 recording in float64 at the plain tolerances; a float32 one
+    in float32, where `perturbations` runs per step (default 4) measure its spread."""
+    recording = load_recording(path)
+    if recording.float64 and perturbations:
+        raise RecordingError(
+            f"{recording.path}: a float64 recording is judged at the plain tolerances; "
+            "perturbed runs only measure a float32 recording's spread (give none)"
+        )
+    perturbations = 0 if recording.float64 else 4 if perturbations is None else perturbations
+    with jax.enable_x64(recording.float64):
+        replayer = _Replayer(recording)
+        checks = []
+        for k in range(recording.num_steps):
+            checks += _step_checks(replayer, k, perturbations)
+            log(f"step {k} replayed")
+        checks.append(_eval_check(replayer))
+    return ReplayReport(recording.path, checks, recording.float64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,14 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--perturbations",
         type=int,
-        default=4,
-        help="perturbed runs per step that measure its float32 spread (default 4)",
+        default=None,
+        help="perturbed runs per step that measure a float32 recording's spread (default 4; "
+        "a float64 recording takes none)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="fail above the plain tolerances alone"
     )
     args = parser.parse_args(argv)
-    if args.perturbations < 0:
+    if args.perturbations is not None and args.perturbations < 0:
         parser.error(f"--perturbations={args.perturbations}: give 0 or more")
     try:
         report = replay(args.recording, perturbations=args.perturbations)

@@ -102,6 +102,7 @@ def test_every_shipped_config_passes_the_checks_and_holds_its_backbone_settings(
         ("data.val_fraction", -0.1, r"must be in \[0, 1\)"),
         ("loss.label_smoothing", 1.5, r"must be in \[0, 1\)"),
         ("compute_dtype", "float8", "not one of float32, bfloat16"),
+        ("compute_dtype", "float64", "JAX runs in 32 bits unless told otherwise; set JAX_ENAB"),
         ("data.name", "ntu61", "not one of synthetic, ntu60"),
         ("data.stream", "bones", "not one of joint, bone"),
         ("data.feeder_variant", "pyskl", "not one of ctrgcn, csre"),

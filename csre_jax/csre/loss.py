@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank, store
+from csre_jax.models import accumulation_dtype
 
 SAMPLING_MODES = ("hard", "random", "hard+random")
 
@@ -61,7 +62,7 @@ def _l2_norm(features: jax.Array) -> jax.Array:
 
 def normalize(features: jax.Array) -> jax.Array:
     """Row-wise L2 normalisation without epsilon, as the official loss does it."""
-    features = features.astype(jnp.float32)
+    features = features.astype(accumulation_dtype(features.dtype))
     # XLA:CPU rewrites x / sqrt(s) as x * rsqrt(s), and a division by an implicitly
     # broadcast column as a multiplication by its reciprocal; both are 1 ulp off torch.
     norm = jnp.broadcast_to(_l2_norm(features), features.shape)
@@ -241,7 +242,8 @@ def bank_loss(
     """Writes the batch into the bank, then contrasts every anchor against the updated bank.
 
     Args:
-      features: (N, D) embeddings of the batch (any dtype; the loss runs in float32).
+      features: (N, D) embeddings of the batch (any dtype; the loss runs in float32, or in
+        float64 for float64 ones).
       labels: (N,) integer classes. indices: (N,) bank slots (dataset indices); a
         MemoryQueue ignores them and writes at its pointer.
       rng: key for the random selections.

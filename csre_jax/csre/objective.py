@@ -13,6 +13,7 @@ from ml_collections import ConfigDict
 
 from csre_jax.csre.bank import MemoryBank, create_bank, create_queue
 from csre_jax.csre.loss import ContrastConfig, bank_loss
+from csre_jax.models import accumulation_dtype
 
 
 def bank_names(csre: ConfigDict) -> tuple[str, ...]:
@@ -68,11 +69,12 @@ def objective(
     """
     labels, indices = batch["label"], batch["index"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+    ce = optax.softmax_cross_entropy(logits.astype(accumulation_dtype(logits.dtype)), targets)
+    ce = ce.mean()
     metrics, new_banks, bank_losses = {"ce": ce}, {}, []
     for i, (name, embedding) in enumerate(sorted(embeddings.items())):
         loss, new_banks[name], bank_metrics = bank_loss(
-            embedding.astype(jnp.float32),
+            embedding.astype(accumulation_dtype(embedding.dtype)),
             labels,
             indices,
             banks[name],

@@ -20,7 +20,7 @@ from csre_jax import sharding
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split, Transform, eval_batches
 from csre_jax.evaluate.scores import save_scores, topk_accuracy
-from csre_jax.models import cast_floats, model_inputs
+from csre_jax.models import accumulation_dtype, cast_floats, model_inputs
 from csre_jax.workdir import val_scores_path
 
 EvalStep = Callable[[dict, dict], tuple[jax.Array, jax.Array]]
@@ -37,7 +37,8 @@ def make_eval_step(backbone: nn.Module, compute_dtype: jnp.dtype = jnp.float32) 
             variables, x, **extras, train=False, return_features=True
         )
         pooled = feature_map.mean(axis=tuple(range(1, feature_map.ndim - 1)))
-        return logits.astype(jnp.float32), pooled.astype(jnp.float32)
+        wide = accumulation_dtype(logits.dtype)
+        return logits.astype(wide), pooled.astype(wide)
 
     return eval_step
 

@@ -112,6 +112,13 @@ def cast_floats(tree, dtype: jnp.dtype):
     )
 
 
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The precision that statistics, losses and stored state keep for a computation in
+    `dtype`: float32 for bfloat16 or float32, float64 for float64 (the float64 replay of an
+    official run keeps every tensor in float64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def example_inputs(
     model: nn.Module, dataset: str | None = None, batch: int = 1, *, num_frames: int | None = None
 ) -> dict[str, jax.Array]:

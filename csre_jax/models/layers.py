@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from csre_jax.layouts import Layout
+from csre_jax.models import accumulation_dtype
 
 # Conv2d/Linear weights in the official GCN code: kaiming normal, mode fan_out (not truncated).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -45,10 +46,11 @@ class BatchNorm(nn.Module):
     """PyTorch's BatchNorm over the last axis, running statistics included.
 
     Training normalises with the batch mean and the biased batch variance, both computed in
-    float32 in two passes (the one-pass E[x^2] - E[x]^2 loses digits where a channel's mean
-    is large against its spread, as in the input BatchNorm); the running variance takes the
-    unbiased one, var * n / (n - 1), as PyTorch does, so trained statistics and exported
-    checkpoints carry PyTorch's numbers. momentum is PyTorch's (the new batch's weight).
+    float32 (float64 for float64 inputs) in two passes (the one-pass E[x^2] - E[x]^2 loses
+    digits where a channel's mean is large against its spread, as in the input BatchNorm);
+    the running variance takes the unbiased one, var * n / (n - 1), as PyTorch does, so
+    trained statistics and exported checkpoints carry PyTorch's numbers. momentum is
+    PyTorch's (the new batch's weight).
     Variables are Flax's: params scale/bias, batch_stats mean/var.
     """
 
@@ -65,12 +67,13 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
         scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
         bias = self.param("bias", self.bias_init, (channels,), jnp.float32)
+        stats_dtype = accumulation_dtype(x.dtype)
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
         else:
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axes, dtype=jnp.float32)
-            var = jnp.mean(jnp.square(x.astype(jnp.float32) - mean), axes)
+            mean = jnp.mean(x, axes, dtype=stats_dtype)
+            var = jnp.mean(jnp.square(x.astype(stats_dtype) - mean), axes)
             count = x.size // channels
             if count < 2:
                 raise ValueError(
@@ -81,7 +84,7 @@ class BatchNorm(nn.Module):
                 m = self.momentum
                 running_mean.value = (1 - m) * running_mean.value + m * mean
                 running_var.value = (1 - m) * running_var.value + m * var * (count / (count - 1))
-        y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        y = (x.astype(stats_dtype) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.astype(jnp.result_type(x.dtype, scale.dtype))
 
 

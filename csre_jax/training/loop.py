@@ -122,7 +122,8 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
 
 def init_state(exp: Experiment) -> TrainState:
     """Fresh parameters (or model.init_checkpoint's official weights), empty banks (one slot
-    per training sample, or queues of csre.bank_size rows), placed on the mesh."""
+    per training sample, or queues of csre.bank_size rows), placed on the mesh, in float32
+    (float64 when compute_dtype is float64)."""
     banks = create_banks(
         exp.config.csre,
         exp.dataset.train.labels,
@@ -141,6 +142,9 @@ def init_state(exp: Experiment) -> TrainState:
     if exp.config.model.get("init_checkpoint"):
         backbone_key = models.backbone_module(exp.config.model.name).torch_key
         variables = load_torch_checkpoint(variables, exp.config.model.init_checkpoint, backbone_key)
+    # float32 for float32 and mixed-precision runs, float64 for a float64 run
+    state_dtype = models.accumulation_dtype(exp.compute_dtype)
+    variables, banks = models.cast_floats((variables, banks), state_dtype)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],

@@ -29,7 +29,8 @@ def make_train_step(
     """The step of csre.objective: forward in train mode, loss, gradient, optimizer update.
 
     The network runs in compute_dtype (e.g. bfloat16); logits, embeddings, similarities,
-    the losses and everything stored stay float32. tx is told which parameters took part
+    the losses and everything stored keep the state's precision (float32, or float64 for the
+    float64 replay of an official run). tx is told which parameters took part
     in the loss (a head whose bank had no valid anchor did not).
     """
 
@@ -57,7 +58,10 @@ def make_train_step(
                 weight=contrast_weight,
                 label_smoothing=label_smoothing,
             )
-            batch_stats = cast_floats(updates["batch_stats"], jnp.float32)
+            # BatchNorm statistics keep the state's precision, whatever the network ran in
+            batch_stats = jax.tree.map(
+                lambda new, old: new.astype(old.dtype), updates["batch_stats"], state.batch_stats
+            )
             return loss, (batch_stats, banks, metrics)
 
         grads, (batch_stats, banks, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
