@@ -180,6 +180,19 @@ def test_eval_falls_back_in_checkpoints_and_names_a_damaged_best(run, caplog):
         restore_variables(workdir / "best", target)
 
 
+def test_eval_restores_the_newest_of_several_intact_checkpoints(run):
+    """With two checkpoints the newest intact one is also the oldest: only a third, damaged
+    on top of two intact ones, tells a newest-first fallback from an oldest-first one."""
+    exp, state, workdir, _ = run
+    folder = workdir / "checkpoints"
+    with Checkpointer(workdir, keep=3) as checkpointer:  # keeps 4 and 8 beside 12
+        checkpointer.save(state.replace(step=jnp.asarray(12, jnp.int32)), loop.train_batches(exp))
+    assert sorted(int(p.name) for p in folder.iterdir()) == [4, 8, 12]
+    _truncate_data_files(folder / "12")
+    _, step = restore_variables(folder, state.backbone_variables())
+    assert step == 8, f"restored step {step} of intact 4, 8 and damaged 12; should be 8"
+
+
 def test_orbax_save_wait_warning_is_lowered_to_info(caplog):
     absl_logging.warning("Waiting for previous save to complete took %f seconds.", 3.0)
     absl_logging.warning("an unrelated warning")

@@ -118,3 +118,21 @@ def test_runs_without_validation_scores_say_how_to_get_them():
     tests, _ = _runs()
     with pytest.raises(ValueError, match=r"no validation scores.*--config.data.val_fraction=0.05"):
         evaluate_runs(tests, val_runs=[None] * 4, search=True)
+
+
+def _weights_by_stream(evaluation) -> list[dict[str, float]]:
+    return [dict(zip(e.members, e.weights.values, strict=True)) for e in evaluation.ensembles]
+
+
+def test_searched_weights_follow_the_streams_not_the_file_order():
+    """Weights are searched and applied in stream order whatever order the runs come in: a
+    search in file order applied in stream order gives one stream's weight to another."""
+    tests, vals = _runs()
+    standard = evaluate_runs(tests, val_runs=vals, search=True)
+    reversed_order = evaluate_runs(tests[::-1], val_runs=vals[::-1], search=True)
+    pairs = zip(_weights_by_stream(reversed_order), _weights_by_stream(standard), strict=True)
+    for got, want in pairs:
+        moved = [s for s in want if got[s] != want[s]]
+        assert not moved, f"weight of {moved} moved with the file order: {got} != {want}"
+    for got, want in zip(reversed_order.ensembles, standard.ensembles, strict=True):
+        assert got.top1 == want.top1, f"{want.name}: top-1 {got.top1} != {want.top1}"

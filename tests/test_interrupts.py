@@ -3,22 +3,48 @@
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from csre_jax.training.interrupts import Stopped, StopRequests
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+# Sent in a child process: a signal the handler misses kills the child (or, for SIGINT,
+# raises there), where in pytest's own process it would kill the test worker.
+_SEND_TO_ITSELF = """
+import os, signal, sys
+from csre_jax.training.interrupts import StopRequests
+signum = signal.Signals[sys.argv[1]]
+before = signal.getsignal(signum)
+with StopRequests() as stop:
+    os.kill(os.getpid(), signum)
+    first = stop.received
+    os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM changes nothing
+    print(first, stop.received, flush=True)
+print("restored" if signal.getsignal(signum) is before else "not restored")
+"""
+
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_the_first_signal_is_recorded_not_raised(signum):
-    before = signal.getsignal(signum)
-    with StopRequests() as stop:
-        assert stop.received is None
-        os.kill(os.getpid(), signum)
-        assert stop.received == signum.name
-        os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM changes nothing
-        assert stop.received == signum.name
-    assert signal.getsignal(signum) is before
+    result = subprocess.run(
+        [sys.executable, "-c", _SEND_TO_ITSELF, signum.name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    killed_by = signal.Signals(-result.returncode).name if result.returncode < 0 else None
+    assert killed_by is None, f"{killed_by} was not handled: it killed the process"
+    assert result.returncode == 0, result.stderr
+    received, _, restored = result.stdout.strip().partition("\n")
+    assert received == f"{signum.name} {signum.name}", f"{signum.name} was not handled"
+    assert restored == "restored"
 
 
 def test_a_second_ctrl_c_stops_at_once():

@@ -17,6 +17,15 @@ ARM = {
     "flip_pairs": [["shoulder", "other_shoulder"]],
 }
 
+# pyskl's COCO-17 keypoints and the flip pairs its 2D pipelines pass to Flip (left_kp, right_kp).
+PYSKL_COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+PYSKL_COCO_LEFT_KP = (1, 3, 5, 7, 9, 11, 13, 15)
+PYSKL_COCO_RIGHT_KP = (2, 4, 6, 8, 10, 12, 14, 16)
+
 
 def _write(tmp_path, spec) -> str:
     path = tmp_path / "layout.json"
@@ -75,3 +84,43 @@ def test_broken_layout_names_the_file_and_field(tmp_path, change, message):
 def test_unknown_name_lists_the_built_ins():
     with pytest.raises(ValueError, match="ntu, ntu_hyperformer, ucla, coco, openpose, handmp"):
         load_layout("kinetics")
+
+
+def _named(layout, pairs) -> list[tuple[str, str]]:
+    return [(layout.joints[a], layout.joints[b]) for a, b in sorted(pairs)]
+
+
+@pytest.mark.parametrize("name", BUILTIN_LAYOUTS)
+def test_flip_pairs_are_the_left_right_twins_by_name(name):
+    """A horizontal flip swaps exactly the joints named left_X and right_X: a pair of two body
+    parts (left elbow with right wrist) would teach the model mangled mirror images. Every
+    built-in names its sided joints left_*/right_* (NTU and NW-UCLA's Kinect joints too);
+    handmp (one MediaPipe hand) has no sided joints, so the rule gives it no flip pairs."""
+    layout = BUILTIN_LAYOUTS[name]
+    joints = layout.joints
+    twins = {
+        (joints.index(left), joints.index(f"right_{left[5:]}"))
+        for left in joints
+        if left.startswith("left_") and f"right_{left[5:]}" in joints
+    }
+    pairs = set()
+    for a, b in layout.flip_pairs:
+        pair = (a, b) if joints[a].startswith("left_") else (b, a)
+        assert pair in twins, (
+            f"layout {name!r}: flip pair ({joints[a]}, {joints[b]}) is not a left/right twin"
+        )
+        pairs.add(pair)
+    unpaired = _named(layout, twins - pairs)
+    assert not unpaired, f"layout {name!r}: the twins {unpaired} are missing from flip_pairs"
+
+
+def test_coco_is_pyskls_coco17():
+    """The coco layout reads pyskl's keypoint files: its joints and flip pairs are pyskl's."""
+    coco = BUILTIN_LAYOUTS["coco"]
+    assert coco.joints == PYSKL_COCO_KEYPOINTS, "layout 'coco': joints are not pyskl's COCO-17"
+    pairs = {tuple(sorted(pair)) for pair in coco.flip_pairs}
+    pyskl_pairs = set(zip(PYSKL_COCO_LEFT_KP, PYSKL_COCO_RIGHT_KP, strict=True))
+    assert pairs == pyskl_pairs, (
+        f"layout 'coco': flip pairs {_named(coco, pairs - pyskl_pairs)} are not pyskl's, "
+        f"pyskl's {_named(coco, pyskl_pairs - pairs)} are missing"
+    )

@@ -32,6 +32,13 @@ def coco_predictor(tmp_path_factory) -> Predictor:
     return _predictor(config, ModelCard(load_layout("coco"), {"x": (3, 16, 17, 2)}, ("a", "b")))
 
 
+@pytest.fixture(scope="module")
+def ntu_predictor() -> Predictor:
+    config = importlib.import_module("configs.ctrgcn").get_config("ntu60,xview")
+    card = ModelCard(load_layout("ntu"), {"x": (3, 64, 25, 2)}, tuple(map(str, range(60))))
+    return _predictor(config, card)
+
+
 @pytest.mark.parametrize(
     ("keypoints", "message"),
     [
@@ -58,15 +65,11 @@ def test_custom_keypoints_take_the_test_split_path(coco_predictor):
     np.testing.assert_array_equal(coco_predictor.inputs(keypoint[0], score, (480, 640))["x"], x)
 
 
-def test_ntu_skeleton_file_becomes_the_official_test_sample(shared_dir):
+def test_ntu_skeleton_file_becomes_the_official_test_sample(ntu_predictor, shared_dir):
     """Camera 1's four raw files through the predictor equal the official preparation's
     NTU60 X-view test rows through the CTR-GCN test feeder."""
-    config = importlib.import_module("configs.ctrgcn").get_config("ntu60,xview")
-    predictor = _predictor(
-        config, ModelCard(load_layout("ntu"), {"x": (3, 64, 25, 2)}, tuple(map(str, range(60))))
-    )
     raw = sorted((shared_dir / "data" / "ntu" / "raw_samples").glob("S*C001*.skeleton"))
-    ours = [predictor.inputs(keypoints_from_skeleton_file(path))["x"] for path in raw]
+    ours = [ntu_predictor.inputs(keypoints_from_skeleton_file(path))["x"] for path in raw]
     rows = np.load(shared_dir / "fixtures" / "ntu_pipeline" / "NTU60_CV.npz")["x_test"]
     feeder = transforms.ntu_transform(train=False, stream="joint", variant="ctrgcn")
     official = [feeder(transforms.ntu_row_to_sample(row), None) for row in rows]
@@ -75,6 +78,22 @@ def test_ntu_skeleton_file_becomes_the_official_test_sample(shared_dir):
     assert sorted(matches) == [0, 1, 2, 3]
     for x, j in zip(ours, matches, strict=True):
         np.testing.assert_allclose(x, official[j], atol=1e-5)
+
+
+def test_ntu_keypoints_anywhere_in_camera_space_are_centred(ntu_predictor, shared_dir):
+    """The predictor centres NTU keypoints itself, as the preparation does: a user's own Kinect
+    capture is in metres from the camera, not centred like `keypoints_from_skeleton_file`'s."""
+    path = shared_dir / "data" / "ntu" / "raw_samples" / "S001C001P001R001A001.skeleton"
+    centred = keypoints_from_skeleton_file(path)
+    present = (centred != 0).any(axis=(2, 3), keepdims=True)  # absent frames stay 0
+    camera = np.where(present, centred + [0.23, 0.43, 3.71], 0)  # spine mid in camera space
+    np.testing.assert_allclose(
+        ntu_predictor.inputs(camera)["x"],
+        ntu_predictor.inputs(centred)["x"],
+        atol=1e-5,
+        err_msg="the predictor skipped the centring: keypoints away from the origin give "
+        "another sample than the same keypoints centred",
+    )
 
 
 def test_ucla_clip_becomes_the_official_test_sample(shared_dir):

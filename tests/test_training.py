@@ -17,7 +17,7 @@ import pytest
 
 from configs import synthetic
 from csre_jax.training import loop
-from csre_jax.training.checkpoint import restore_variables
+from csre_jax.training.checkpoint import Checkpointer, restore_variables
 from csre_jax.training.metrics import read_metrics
 from csre_jax.training.run_record import ResumeRefused
 
@@ -130,19 +130,26 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
 
 
 def test_killed_run_resumes_exactly_like_an_uninterrupted_one(straight_run, tmp_path, monkeypatch):
+    """A hard kill mid-epoch (no stop request, so no checkpoint of its own): the resume must
+    restore the epoch's running sums, or epoch 2's record averages only the steps after it."""
     config = tiny_config(**RESUME_CONFIG)
-    calls = {"n": 0}
+    steps = {"n": 0}
     real_global_batch = loop.sharding.global_batch
 
-    def killed_after_nine_steps(local, mesh):
-        calls["n"] += 1
-        if calls["n"] > 9:  # epochs are 6 steps: the last checkpoint is mid-epoch, at step 8
-            raise KeyboardInterrupt
+    def killed_before_step_ten(local, mesh):
+        if "index" in local:  # evaluation batches pass here too; only training ones have it
+            steps["n"] += 1
+            if steps["n"] == 10:
+                raise KeyboardInterrupt
         return real_global_batch(local, mesh)
 
-    monkeypatch.setattr(loop.sharding, "global_batch", killed_after_nine_steps)
+    monkeypatch.setattr(loop.sharding, "global_batch", killed_before_step_ten)
     with pytest.raises(KeyboardInterrupt):
         loop.train_and_evaluate(config, tmp_path)
+    with Checkpointer(tmp_path) as checkpointer:
+        resume_step = checkpointer.latest_step()
+    # epochs are steps 1-6 and 7-12, checkpoints every 4 steps and at each epoch's end
+    assert resume_step == 8, f"the kill should leave step 8's checkpoint, not {resume_step}"
     monkeypatch.setattr(loop.sharding, "global_batch", real_global_batch)
     loop.train_and_evaluate(config, tmp_path)
     _assert_same_run(straight_run, tmp_path)
