@@ -19,6 +19,7 @@ from csre_jax.cli import parse_flags, start
 from csre_jax.training.interrupts import Stopped
 from csre_jax.training.loop import train_and_evaluate
 from csre_jax.training.run_record import ResumeRefused
+from csre_jax.training.selection import describe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and scores.")
@@ -27,18 +28,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 def main(argv):
     start(argv, _CONFIG.value)
     try:
-        best = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Stopped as stop:  # a signal: the checkpoint is written, say how to resume
         sys.stderr.write(f"\n{stop}\n")
         sys.exit(stop.exit_code)
     except ResumeRefused as refused:
         sys.stderr.write(f"error: {refused}\n")
         sys.exit(2)
-    if best and jax.process_index() == 0:
-        print(
-            f"best test top-1 {best['top1']:.2f}% (top-5 {best['top5']:.2f}%) "
-            f"at epoch {best['epoch']}; scores in {_WORKDIR.value}/scores/test_scores.npz"
-        )
+    if summary and jax.process_index() == 0:
+        print("\n".join(describe(summary)))
+        print(f"scores of the selected model in {_WORKDIR.value}/scores/test_scores.npz")
 
 
 if __name__ == "__main__":

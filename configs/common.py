@@ -73,6 +73,10 @@ def base_config() -> ConfigDict:
     config.eval_every_epochs = 1
     config.log_every_steps = 50
     config.checkpoint_every_steps = 0  # 0: only at epoch ends
+    # Which evaluation's model best/, the score files and eval.py keep: 'val' (best top-1 on
+    # the held-out validation split), 'last', or 'test' (the papers' practice: picked on the
+    # test set); 'auto' is 'val' with data.val_fraction > 0, else 'last'.
+    config.select_on = "auto"
     # Mixed precision: "bfloat16" runs the network in bf16 (for GPUs and TPUs); parameters,
     # optimizer state, BatchNorm statistics, banks, similarities and losses stay float32.
     config.compute_dtype = "float32"

@@ -17,10 +17,12 @@ from csre_jax import models
 from csre_jax.csre.loss import SAMPLING_MODES
 from csre_jax.csre.model import BANK_NAMES
 from csre_jax.data.transforms import STREAMS, VARIANTS
+from csre_jax.training import selection
 
 # What csre_jax.data.datasets.load_dataset, optimizer.from_config and the train step dispatch on.
 CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float64"),
+    "select_on": ("auto", *selection.RULES),
     "data.name": ("synthetic", "ntu60", "ntu120", "ucla", "custom"),
     "data.stream": STREAMS,
     "data.feeder_variant": VARIANTS,
@@ -106,6 +108,11 @@ def _problems(config: ConfigDict) -> list[str]:
             present, value = _present(config, field)
             if present and not ok(value):
                 problems.append(f"{field}={value!r}: {rule}")
+    if _present(config, "select_on")[1] == "val" and not _present(config, "data.val_fraction")[1]:
+        problems.append(
+            "select_on='val': needs a held-out validation split; set data.val_fraction "
+            "(e.g. 0.05), or select_on='last'"
+        )
     if _present(config, "compute_dtype")[1] == "float64" and not jax.config.jax_enable_x64:
         problems.append(
             "compute_dtype='float64': JAX runs in 32 bits unless told otherwise; set "

@@ -66,7 +66,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_run_learns_and_writes_everything(tiny_run):
-    tmp_path, best = tiny_run
+    tmp_path, summary = tiny_run
     steps = read_metrics(tmp_path, "train_step")
     assert len(steps) == 2 * (96 // 16)
     first, last = steps[0], steps[-1]
@@ -87,12 +87,23 @@ def test_tiny_run_learns_and_writes_everything(tiny_run):
     assert max(s["loss_temporal"] for s in steps) > 0
     epochs = read_metrics(tmp_path, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2]
-    assert best["top1"] == max(e["test_top1"] for e in epochs)
     assert (tmp_path / "config.json").is_file()
+    # the synthetic config holds a validation split out, so the model is selected on it
+    assert summary["rule"] == "val"
+    on_val = max(epochs, key=lambda e: (e["val_top1"], -e["epoch"]))
+    assert summary["selected"]["epoch"] == on_val["epoch"]
+    assert summary["selected"]["test_top1"] == on_val["test_top1"]
+    assert summary["test"]["test_top1"] == max(e["test_top1"] for e in epochs)
+    assert summary["last"]["epoch"] == 2
+    assert [r for r in read_metrics(tmp_path, "selection")] == [
+        {"kind": "selection", "step": 12} | summary
+    ]
+    # best/ holds the validation-selected model, and the score files are its scores
+    assert [p.name for p in (tmp_path / "best").iterdir()] == [str(6 * int(on_val["epoch"]))]
     scores = np.load(tmp_path / "scores" / "test_scores.npz")
     assert scores["logits"].shape == (48, 10) and scores["features"].shape == (48, 32)
     top1 = 100 * np.mean(scores["logits"].argmax(1) == scores["labels"])
-    np.testing.assert_allclose(top1, best["top1"], atol=1e-6)
+    np.testing.assert_allclose(top1, on_val["test_top1"], atol=1e-6)
     # the held-out samples are recorded and scored by the same best model
     split = json.loads((tmp_path / "validation_split.json").read_text())
     assert (split["num_train_samples"], split["fraction"], len(split["indices"])) == (106, 0.1, 10)
@@ -125,6 +136,9 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
     assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in want]
     for x, y in zip(want, got, strict=True):
         assert y.keys() == x.keys(), (x, y)
+        if x["kind"] == "selection":  # the summary: epochs and accuracies, exact
+            assert y == x
+            continue
         numbers = {k: v for k, v in x.items() if k != "kind"}
         assert {k: y[k] for k in numbers} == pytest.approx(numbers, rel=1e-6), (x, y)
 
@@ -223,7 +237,8 @@ def test_a_refused_resume_leaves_the_run_record_untouched(straight_run, tmp_path
 
 
 def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp_path):
-    workdir, best = tiny_run
+    workdir, summary = tiny_run
+    best = {"top1": summary["selected"]["test_top1"]}
     output = tmp_path / "rescored.npz"
     result = _run("eval.py", f"--workdir={workdir}", f"--output={output}")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -42,10 +42,10 @@ from csre_jax.evaluate.scoring import (
 )
 from csre_jax.fileio import atomic_write
 from csre_jax.model_card import ModelCard
-from csre_jax.training import optimizer
+from csre_jax.training import optimizer, selection
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.interrupts import Stopped, StopRequests
-from csre_jax.training.metrics import MetricWriter
+from csre_jax.training.metrics import MetricWriter, read_metrics
 from csre_jax.training.run_record import write_config
 from csre_jax.training.state import TrainState, state_sharding
 from csre_jax.training.step import make_train_step
@@ -73,6 +73,11 @@ class Experiment:
     @property
     def compute_dtype(self) -> str:
         return self.config.get("compute_dtype", "float32")
+
+    @property
+    def selection_rule(self) -> str:
+        """Which evaluation's model best/ keeps (training.selection)."""
+        return selection.rule_of(self.config, self.dataset.val is not None)
 
 
 def build_backbone(config: ConfigDict, card: ModelCard) -> nn.Module:
@@ -196,15 +201,6 @@ def evaluate(
         mesh=exp.mesh,
         show_progress=show_progress,
     )
-
-
-def save_score_files(
-    exp: Experiment, eval_step: EvalStep, variables, test: SplitScores, path: Path, source: str
-) -> None:
-    """The test score file of an evaluated model and, with a held-out validation split, that
-    model's validation score file beside it."""
-    val = evaluate(exp, eval_step, variables, "val") if exp.dataset.val is not None else None
-    write_score_files(path, score_metadata(exp.config, source), exp.dataset, test, val)
 
 
 def _write_validation_split(exp: Experiment, run: RunFolder) -> None:
@@ -339,11 +335,14 @@ def _compile_train_step(exp: Experiment, train_step, state: TrainState):
     return train_step.lower(state, shapes).compile()
 
 
-def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
-    """Trains (resuming from workdir if it holds a checkpoint); returns the best eval metrics.
+def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict:
+    """Trains (resuming from workdir if it holds a checkpoint); returns the run's selection
+    summary (training.selection.summarize: the rule, the selected model's numbers, and the
+    validation-selected, last and best-test numbers).
 
-    The best model's test scores (and validation scores, with a held-out split) are written
-    to the run folder whenever an evaluation improves on the best so far. A resume checks its
+    Every evaluation scores the test split and, with a held-out validation split, that too.
+    The model the config's select_on rule keeps goes to best/ and its test (and validation)
+    scores to the run folder, whenever an evaluation replaces the kept one. A resume checks its
     config against the saved one before writing anything (run_record). SIGINT or SIGTERM
     stops after the current step with a checkpoint and raises interrupts.Stopped.
     """
@@ -374,9 +373,9 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict[str, float]:
             train_step = _compile_train_step(exp, train_step, state)
         step = int(jax.device_get(state.step))
         loop = _Loop(exp, run, checkpointer, stop, batches, train_step, eval_step)
-        best = loop.run(state, step, progress)
+        summary = loop.run(state, step, progress)
     multihost_utils.sync_global_devices("train_and_evaluate done")
-    return best
+    return summary
 
 
 @dataclasses.dataclass
@@ -391,9 +390,9 @@ class _Loop:
     train_step: Callable
     eval_step: EvalStep
 
-    def run(self, state: TrainState, step: int, progress: dict) -> dict[str, float]:
+    def run(self, state: TrainState, step: int, progress: dict) -> dict:
         exp, config, split = self.exp, self.exp.config, self.exp.dataset.train
-        self.best = self.checkpointer.best_metrics()
+        self.kept = self.checkpointer.best_metrics()
         self.window = _RunningMeans(**progress.get("window", {}))
         self.epoch = _RunningMeans(**progress.get("epoch", {}))
         main = jax.process_index() == 0
@@ -438,10 +437,21 @@ class _Loop:
             if in_flight is not None:
                 jax.block_until_ready(in_flight)
                 bar.update(1)
-        if self.stop.received:
-            self._stop(state, step)
+            if self.stop.received:
+                self._stop(state, step)
+            summary = self._summary(writer, step)
         self.checkpointer.wait()
-        return self.best or {}
+        return summary
+
+    def _summary(self, writer: MetricWriter, step: int) -> dict:
+        """The three labelled numbers of the finished run, recorded in metrics.jsonl."""
+        if jax.process_index() != 0:
+            return {}
+        evaluations = read_metrics(self.folder.root, "epoch")
+        summary = selection.summarize(evaluations, self.exp.selection_rule)
+        if summary:
+            writer.note("selection", step, summary)
+        return summary
 
     def _progress(self) -> dict:
         split = self.exp.dataset.train
@@ -453,23 +463,31 @@ class _Loop:
         values = self.epoch.means(exp.dataset.train) | {"epoch": epoch}
         self.epoch = _RunningMeans()
         if _is_time(epoch, exp.config.eval_every_epochs) or step == exp.total_steps:
-            variables = state.backbone_variables()
-            test = evaluate(exp, self.eval_step, variables, show_progress=not bar.disable)
-            scores = {"top1": test.top1, "top5": test.top5}
-            values |= {f"test_{k}": v for k, v in scores.items()}
-            if self.best is None or scores["top1"] > self.best["top1"]:
-                self.best = scores | {"epoch": epoch}
-                self.checkpointer.save_best(step, variables, self.best)
-                source = f"{self.folder.best} step {step}"
-                save_score_files(
-                    exp, self.eval_step, variables, test, self.folder.test_scores, source
-                )
-            bar.write(
-                f"epoch {epoch}: test top-1 {scores['top1']:.2f}% "
-                f"(best {self.best['top1']:.2f}% at epoch {self.best['epoch']})"
-            )
+            values |= self._evaluate(state, step, epoch, bar)
         writer.write("epoch", step, values)
         self.checkpointer.save(state, self.batches, self._progress())
+
+    def _evaluate(self, state: TrainState, step: int, epoch: int, bar: tqdm) -> dict:
+        """Test (and validation) scores of this epoch's model; the model goes to best/ and
+        its scores to the run folder when the selection rule prefers it to the kept one."""
+        exp, rule = self.exp, self.exp.selection_rule
+        variables = state.backbone_variables()
+        test = evaluate(exp, self.eval_step, variables, show_progress=not bar.disable)
+        val = None if exp.dataset.val is None else evaluate(exp, self.eval_step, variables, "val")
+        scores = {"test_top1": test.top1, "test_top5": test.top5}
+        if val is not None:
+            scores |= {"val_top1": val.top1, "val_top5": val.top5}
+        if selection.improves(rule, scores, self.kept):
+            self.kept = scores | {"epoch": epoch}
+            self.checkpointer.save_best(step, variables, self.kept)
+            metadata = score_metadata(exp.config, f"{self.folder.best} step {step}")
+            write_score_files(self.folder.test_scores, metadata, exp.dataset, test, val)
+        on_val = f", val top-1 {val.top1:.2f}%" if val is not None else ""
+        bar.write(
+            f"epoch {epoch}: test top-1 {test.top1:.2f}%{on_val} (kept: epoch "
+            f"{self.kept['epoch']}, {selection.LABELS[rule]})"
+        )
+        return scores
 
     def _stop(self, state: TrainState, step: int) -> None:
         """Checkpoints the current step (unless its checkpoint exists) and says how to resume."""

@@ -15,6 +15,8 @@ from csre_jax.workdir import RunFolder
 
 # TensorBoard tags are '<kind>/<metric>'; step records read as 'train/loss', 'train/lr'.
 _TAG_PREFIX = {"train_step": "train"}
+# Records that summarise a finished run (note()), dropped when a resume continues it.
+SUMMARY_KINDS = ("selection",)
 # How often the event writer's thread flushes to disk: TensorBoard shows a step this late.
 _FLUSH_SECONDS = 5
 
@@ -37,7 +39,12 @@ class MetricWriter:
         if not self._active:
             return
         if resume_step is not None and self._path.is_file():
-            kept = [line for line, r in _parse(self._path) if r["step"] <= resume_step]
+            # a finished run's summary no longer holds once the run continues
+            kept = [
+                line
+                for line, r in _parse(self._path)
+                if r["step"] <= resume_step and r["kind"] not in SUMMARY_KINDS
+            ]
             with atomic_write(self._path) as tmp:
                 tmp.write_text("".join(f"{line}\n" for line in kept))
         # One event file per (re)start; TensorBoard reads them in name order, the time in
@@ -60,6 +67,13 @@ class MetricWriter:
             prefix = _TAG_PREFIX.get(kind, kind)
             for name, value in values.items():
                 self._events.add_scalar(f"{prefix}/{name}", float(value), int(step))
+
+    def note(self, kind: str, step: int, record: dict) -> None:
+        """A summary of the finished run that is not a set of scalars (one of SUMMARY_KINDS,
+        e.g. its model selection), in metrics.jsonl only."""
+        if self._active:
+            with self._path.open("a") as f:
+                f.write(json.dumps({"kind": kind, "step": int(step)} | record) + "\n")
 
     def close(self) -> None:
         """Writes the pending TensorBoard events and closes the event file."""
