@@ -15,7 +15,7 @@ from csre_jax.fileio import atomic_write
 _MAX_LEGEND_CLASSES = 20
 
 
-def _save(figure, path: Path) -> None:
+def save_png(figure, path: Path) -> None:
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
@@ -45,7 +45,7 @@ def confusion_png(path: Path, confusion: np.ndarray, names: list[str]) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (row-normalised)")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def stratified_subsample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +95,7 @@ def tsne_png(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"t-SNE of the test features of {title} ({len(keep)} samples)", fontsize=9)
-    _save(figure, path)
+    save_png(figure, path)
     return len(keep)
 
 
@@ -113,7 +113,7 @@ def delta_png(path: Path, delta: np.ndarray, names: list[str]) -> None:
     ax.set_xlabel("accuracy change against the baseline (points)")
     ax.set_ylim(-0.5, len(order) - 0.5)
     ax.set_title("Per-class accuracy change")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def _curve_panels(runs: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
@@ -161,4 +161,4 @@ def curves_png(path: Path, runs: dict[str, list[dict]]) -> None:
     handles = [Line2D([], [], color=colours(i % 10), label=name) for i, name in enumerate(runs)]
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
     figure.suptitle("Training curves (metrics.jsonl)")
-    _save(figure, path)
+    save_png(figure, path)
