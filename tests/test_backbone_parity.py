@@ -1,8 +1,9 @@
 """What every backbone owes the official PyTorch model, checked table-driven for all six.
 
 Against the official NTU-60 checkpoint (conftest.OFFICIAL_CHECKPOINTS, loaded and run once per
-session): logits and block taps within 1e-4 relative error, features that are what the head
-pools, export back to the same state_dict, refusal for another dataset. Against the official
+session): logits and block taps within 1e-4 relative error (2e-4 for two, see TOLERANCE),
+features that are what the head pools, export back to the same state_dict, refusal for
+another dataset. Against the official
 listings (spec/state_dicts): parameter counts, exported keys and shapes. And the registry's
 errors. What is particular to one backbone (graphs, quirks, init, training) is in its own file.
 """
@@ -76,6 +77,19 @@ BACKBONES = [
 BY_NAME = {b.name: b for b in BACKBONES}
 
 
+# Largest relative error allowed against the official float32 outputs. The fixtures carry
+# the official code's own float32 rounding, which no CPU changes; ours adds its own, which
+# depends on the CPU. Measured on an AMD EPYC (AVX-512) with our float64 forward as the exact
+# value, worst over logits and taps: official-to-exact / ours-to-exact / ours-to-official.
+#   ctrgcn 2.4e-6 / 2.3e-6 / 2.8e-6; agcn, hcn, hyperformer ours-to-official <= 2.5e-6
+#   infogcn (l9) 4.5e-5 / 1.1e-5 / 4.8e-5; blockgcn (l10) 3.3e-5 / 4.0e-5 / 3.0e-5
+# 1e-4 keeps 35x over what we measured for the first four. InfoGCN's deepest tap and
+# BlockGCN's (its batch-global scaling amplifies rounding) take 2e-4: the fixture's own error
+# plus 4x our measured one. A wrong layer moves these by 1e-2 or more.
+TOLERANCE = {"infogcn": 2e-4, "blockgcn": 2e-4}
+DEFAULT_TOLERANCE = 1e-4
+
+
 @pytest.fixture(scope="module", params=BACKBONES, ids=lambda b: b.name)
 def backbone(request) -> Backbone:
     return request.param
@@ -93,7 +107,7 @@ def test_logits_match_official(backbone, run):
     want = run.io["logits"]
     assert run.logits.dtype == jnp.float32
     assert run.logits.shape == want.shape == (backbone.feats_shape[0], 60)
-    assert max_rel_err(run.logits, want) <= 1e-4
+    assert max_rel_err(run.logits, want) <= TOLERANCE.get(backbone.name, DEFAULT_TOLERANCE)
 
 
 @pytest.mark.parametrize(("name", "tap"), [(b.name, tap) for b in BACKBONES for tap in b.taps])
@@ -102,7 +116,8 @@ def test_block_taps_match_official(official_run, name, tap):
     got = run.tap(tap)  # (N*M, T, V, C) channels-last
     if backbone.tap_person is not None:
         got = got[backbone.tap_person :: backbone.feats_shape[1]]
-    assert max_rel_err(jnp.transpose(got, (0, 3, 1, 2)), run.io[f"tap_{tap}"]) <= 1e-4
+    error = max_rel_err(jnp.transpose(got, (0, 3, 1, 2)), run.io[f"tap_{tap}"])
+    assert error <= TOLERANCE.get(name, DEFAULT_TOLERANCE)
 
 
 def test_features_are_what_the_classifier_pools(backbone, run):

@@ -75,9 +75,20 @@ def _real_slots(key: str, x: np.ndarray) -> np.ndarray:
 # of their part's largest change (a running mean that barely moves, by 7e-10): NOISE = 1e-5.
 # In the backbone, a CTR-GCN alpha whose gradient nearly cancels over the batch (l3's moves by
 # 7.5e-5 on one device, 1.2e-5 on eight, since the temporal convolutions run as 1-D ones)
-# differs by 4.9e-4 of the largest parameter change: BACKBONE_NOISE = 1e-3, far below the
-# changes of the leaves a sign flip or a wrong count would move.
-RTOL, BACKBONE_RTOL, NOISE, BACKBONE_NOISE = 1e-2, 0.5, 1e-5, 1e-3
+# differs by 4.9e-4 of the largest parameter change on the Xeon this was written on; on an
+# AMD EPYC (AVX-512) its momentum differs by 0.45 of what 1e-3 allowed. BACKBONE_NOISE = 2e-3
+# keeps a margin of 4 on both CPUs, still far below the changes of the leaves a sign flip or
+# a wrong count would move. The rest, measured on the AMD EPYC as error / allowed: the
+# CSRE heads, banks and BN statistics 0.035 (RTOL and NOISE keep a margin of 28).
+RTOL, BACKBONE_RTOL, NOISE, BACKBONE_NOISE = 1e-2, 0.5, 1e-5, 2e-3
+# Every metric of the first SAVE_AFTER steps: measured <= 7e-6 relative (margin 14). After
+# them the backbone differences above move the losses: the cross-entropy falls from 9.6 to
+# 2.8 in step 3 and the step amplifies them. Measured at step 4: 7.5% (Xeon) and 6.7% (AMD
+# EPYC) on the cross-entropy and the total, <= 1.01% on the contrastive losses; the late
+# bounds keep a margin of 3 and 10 (the leaf-by-leaf comparison above is the sharp one).
+EARLY_RTOL = 1e-4
+LATE_RTOL = {"ce": 0.25, "loss": 0.25}
+LATE_DEFAULT_RTOL = 0.1
 
 
 def _changes_that_differ(initial: dict, one: dict, eight: dict) -> dict[str, float]:
@@ -104,14 +115,14 @@ def _changes_that_differ(initial: dict, one: dict, eight: dict) -> dict[str, flo
 def test_eight_devices_train_like_one(runs):
     _, results = runs
     assert int(results["1/devices"]) == 1 and int(results["8:save/devices"]) == 8
-    # every metric of every step; after SAVE_AFTER the backbone differences above move the
-    # losses: the cross-entropy falls from 9.6 to 2.8 in step 3 and the step amplifies them
-    # (measured at step 4: 7.5% on the cross-entropy, under 1% on the contrastive losses)
+    # every metric of every step (tolerances above)
     for name in (k.removeprefix("1/metrics/") for k in results if k.startswith("1/metrics/")):
         one, eight = results[f"1/metrics/{name}"], results[f"8:save/metrics/{name}"]
         assert len(one) == len(eight) == STEPS, name
-        np.testing.assert_allclose(eight[:SAVE_AFTER], one[:SAVE_AFTER], rtol=1e-4, err_msg=name)
-        np.testing.assert_allclose(eight[SAVE_AFTER:], one[SAVE_AFTER:], rtol=0.1, err_msg=name)
+        early, late = slice(None, SAVE_AFTER), slice(SAVE_AFTER, None)
+        np.testing.assert_allclose(eight[early], one[early], rtol=EARLY_RTOL, err_msg=name)
+        late_rtol = LATE_RTOL.get(name, LATE_DEFAULT_RTOL)
+        np.testing.assert_allclose(eight[late], one[late], rtol=late_rtol, err_msg=name)
     assert results["8:save/metrics/valid_spatial"][SAVE_AFTER - 1] > 0  # the banks took part
     # after two steps (the second with the contrastive loss): params, optimizer, BN, banks,
     # leaf by leaf; the contrastive loss alone agrees exactly (test below)
@@ -130,6 +141,7 @@ def test_the_contrastive_loss_is_the_same_split_over_eight_devices(runs):
     """Similarities split by slots, top-k per shard then merged: exact, gradient included."""
     _, results = runs
     assert results["check_loss/1/loss"] == results["check_loss/8/loss"] > 0
+    # measured: 1.4e-9 apart (AMD EPYC), a margin of 70
     np.testing.assert_allclose(
         results["check_loss/8/grad"], results["check_loss/1/grad"], rtol=0, atol=1e-7
     )
@@ -167,7 +179,7 @@ def test_a_checkpoint_of_eight_devices_resumes_on_one(runs):
     assert saved.keys() == restored.keys()
     for key, value in saved.items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
-    # and it continues like the uninterrupted 8-device run
+    # and it continues like the uninterrupted 8-device run (measured <= 3.7e-5, margin 27)
     for name in ("loss", "ce", "loss_spatial", "loss_temporal"):
         straight = results[f"8:save/metrics/{name}"][SAVE_AFTER:]
         resumed = results[f"1:resume/metrics/{name}"]
