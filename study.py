@@ -24,12 +24,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from csre_jax.cli import parse_flags, start
-from csre_jax.data.transforms import STREAMS
-from csre_jax.evaluate.ensembles import TWO_STREAM
-from csre_jax.study import plan, report
-from csre_jax.study.variants import VariantError, parse_variants
+from csre_jax.study import StudyError, plan, report
+from csre_jax.study.variants import parse_variants
 from csre_jax.training.interrupts import Stopped
-from csre_jax.training.loop import train_and_evaluate
 from csre_jax.training.run_record import ResumeRefused
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
@@ -55,34 +52,6 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _seeds(values: list[str]) -> list[int]:
-    try:
-        seeds = [int(value) for value in values]
-    except ValueError:
-        bad = next(v for v in values if not v.strip().lstrip("-").isdigit())
-        _fail(f"--seeds: {bad!r} is not an integer; give seeds as --seeds=0,1,2,3,4")
-    if len(set(seeds)) != len(seeds):
-        _fail(f"--seeds: {values} repeats a seed")
-    return seeds
-
-
-def _streams(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return None
-    unknown = [v for v in values if v not in STREAMS]
-    if unknown:
-        _fail(f"--streams: {unknown[0]!r} is not one of {', '.join(STREAMS)}")
-    if len(set(values)) != len(values):
-        _fail(f"--streams: {values} names a stream twice")
-    streams = [s for s in STREAMS if s in values]
-    if len(streams) > 1 and not set(TWO_STREAM) <= set(streams):
-        _fail(
-            f"--streams={','.join(values)}: eval.py ensembles joint+bone (2-stream) and all "
-            "four streams (4-stream); add joint and bone, or give one stream"
-        )
-    return streams
-
-
 def _command(run: plan.Run, overrides: dict) -> str:
     """The train.py command that trains `run` alone."""
     config_flags_given = [a for a in sys.argv[1:] if a.startswith(("--config=", "--config."))]
@@ -98,43 +67,31 @@ def main(argv):
     config, root = _CONFIG.value, Path(_WORKDIR.value)
     try:
         variants = parse_variants(_VARIANTS.value, config)
-    except VariantError as error:
-        _fail(str(error))
-    seeds, streams = _seeds(_SEEDS.value), _streams(_STREAMS.value)
-    runs = plan.plan(config, variants, seeds, streams, root)
-    overrides = {v.name: v.overrides for v in variants}
-    if _DRY_RUN.value:
-        for number, run in enumerate(runs):
-            print(f"# run {number}: {run.variant}, seed {run.seed}, {run.stream}")
-            print(_command(run, overrides[run.variant]))
-        return
-    try:
-        plan.record_config(root, config)
-    except plan.StudyRefused as refused:
-        _fail(str(refused))
-    if _SLURM.value:
-        path = plan.slurm_script(root, sys.argv, len(runs))
-        print(f"{path}: submit with sbatch {path}; then: python study.py ... --report")
-        return
-    if not _REPORT.value:
-        if _TASK.value is not None and not 0 <= _TASK.value < len(runs):
-            _fail(f"--task={_TASK.value}: the study has runs 0 to {len(runs) - 1}")
-        chosen = runs if _TASK.value is None else [runs[_TASK.value]]
-        for run in chosen:
-            if run.finished:
-                print(f"{run.folder}: finished, read as it is")
-                continue
-            print(f"{run.folder}: training ({run.variant}, seed {run.seed}, {run.stream})")
-            try:
-                train_and_evaluate(run.config, run.folder)
-            except Stopped as stop:
-                sys.stderr.write(f"\n{stop}\nRerun the study's command to continue it.\n")
-                sys.exit(stop.exit_code)
-            except ResumeRefused as refused:
-                _fail(str(refused))
-        if _TASK.value is not None:
+        seeds, streams = plan.parse_seeds(_SEEDS.value), plan.parse_streams(_STREAMS.value)
+        runs = plan.plan(config, variants, seeds, streams, root)
+        if _DRY_RUN.value:
+            overrides = {v.name: v.overrides for v in variants}
+            for number, run in enumerate(runs):
+                print(f"# run {number}: {run.variant}, seed {run.seed}, {run.stream}")
+                print(_command(run, overrides[run.variant]))
             return
-    written = report.write_study_report(root, runs, variants, search=_SEARCH_WEIGHTS.value)
+        plan.record_config(root, config)
+        if _SLURM.value:
+            path = plan.slurm_script(root, sys.argv, len(runs))
+            print(f"{path}: submit with sbatch {path}; then: python study.py ... --report")
+            return
+        if _TASK.value is not None and not 0 <= _TASK.value < len(runs):
+            raise StudyError(f"--task={_TASK.value}: the study has runs 0 to {len(runs) - 1}")
+        if not _REPORT.value:
+            plan.train(runs if _TASK.value is None else [runs[_TASK.value]])
+            if _TASK.value is not None:
+                return
+        written = report.write_study_report(root, runs, variants, search=_SEARCH_WEIGHTS.value)
+    except (StudyError, ResumeRefused) as error:
+        _fail(str(error))
+    except Stopped as stop:
+        sys.stderr.write(f"\n{stop}\nRerun the study's command to continue it.\n")
+        sys.exit(stop.exit_code)
     print(written.summary_text)
 
 

@@ -23,6 +23,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_opti
 SLOW_MODULES = (
     "test_training.py",
     "test_custom_data.py",
+    "test_study.py",
     "test_multidevice.py",
     "test_replay.py",
     "test_distributed.py",

@@ -1,1 +1,5 @@
 """Studies: the same comparison over seeds, with honest model selection and its statistics."""
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message names the flag or folder and the fix."""

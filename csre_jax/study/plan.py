@@ -15,14 +15,18 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from csre_jax.data.transforms import STREAMS
+from csre_jax.evaluate.ensembles import TWO_STREAM
 from csre_jax.fileio import atomic_write
+from csre_jax.study import StudyError
 from csre_jax.study.variants import Variant
+from csre_jax.training.loop import train_and_evaluate
 from csre_jax.training.metrics import read_metrics
 from csre_jax.training.run_record import config_changes
 from csre_jax.workdir import RunFolder
 
 
-class StudyRefused(ValueError):
+class StudyRefused(StudyError):
     """The study folder holds runs of another config; the message lists the differing keys."""
 
 
@@ -40,6 +44,37 @@ class Run:
         return RunFolder(self.folder).metrics.is_file() and bool(
             read_metrics(self.folder, "selection")
         )
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+    """--seeds as integers, each once."""
+    try:
+        seeds = [int(value) for value in values]
+    except ValueError:
+        bad = next(v for v in values if not v.strip().lstrip("-").isdigit())
+        raise StudyError(f"--seeds: {bad!r} is not an integer; e.g. --seeds=0,1,2,3,4") from None
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"--seeds={','.join(values)}: a seed is named twice")
+    return seeds
+
+
+def parse_streams(values: list[str] | None) -> list[str] | None:
+    """--streams in the standard order; several must include joint and bone, the runs that
+    eval.py's 2-stream ensemble needs (all four make the 4-stream one)."""
+    if values is None:
+        return None
+    unknown = [v for v in values if v not in STREAMS]
+    if unknown:
+        raise StudyError(f"--streams: {unknown[0]!r} is not one of {', '.join(STREAMS)}")
+    if len(set(values)) != len(values):
+        raise StudyError(f"--streams={','.join(values)}: a stream is named twice")
+    streams = [s for s in STREAMS if s in values]
+    if len(streams) > 1 and not set(TWO_STREAM) <= set(streams):
+        raise StudyError(
+            f"--streams={','.join(values)}: eval.py ensembles joint+bone (2-stream) and all "
+            "four streams (4-stream); add joint and bone, or give one stream"
+        )
+    return streams
 
 
 def plan(
@@ -68,6 +103,20 @@ def plan(
                     )
                 )
     return runs
+
+
+def train(runs: list[Run], log=print) -> list[Run]:
+    """Trains the runs that have not finished (an interrupted one resumes); returns them.
+    interrupts.Stopped passes through: the study's command continues it."""
+    trained = []
+    for run in runs:
+        if run.finished:
+            log(f"{run.folder}: finished, read as it is")
+            continue
+        log(f"{run.folder}: training ({run.variant}, seed {run.seed}, {run.stream})")
+        train_and_evaluate(run.config, run.folder)
+        trained.append(run)
+    return trained
 
 
 def record_config(root: Path, config: ConfigDict) -> None:

@@ -13,6 +13,7 @@ import re
 from ml_collections import ConfigDict
 
 from csre_jax.csre.loss import SAMPLING_MODES
+from csre_jax.study import StudyError
 
 STRATEGIES = ("spatial", "temporal", "global", "spatial+temporal", "spatial+temporal+global")
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -30,7 +31,7 @@ NAMED: dict[str, dict[str, object]] = {
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-class VariantError(ValueError):
+class VariantError(StudyError):
     """A --variants entry that cannot be built; the message names it and the fix."""
 
 
