@@ -1,6 +1,7 @@
 """The study's figures: every seed's accuracy per row, the paired differences against the
 baseline, and the per-class differences; each under the runs' own selection rule."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,4 +96,5 @@ def write_figures(root: Path, report: dict) -> None:
     if report["comparisons"]:
         differences_png(root / "differences.png", report)
     for name, comparison in report["comparisons"].items():
-        per_class_png(root / f"per_class_{name.replace(' ', '_')}.png", name, comparison)
+        stem = re.sub(r"[^A-Za-z0-9+.-]+", "_", name).strip("_")  # "csre 2-stream (J+B)"
+        per_class_png(root / f"per_class_{stem}.png", name, comparison)

@@ -70,11 +70,11 @@ def _collect(runs: list[Run], search: bool) -> tuple[dict[str, dict[int, _Seed]]
         done = [run for run in members if run.finished]
         missing += [str(run.folder) for run in members if not run.finished]
         if len(done) != len(members):
-            continue  # ensembles need every stream of the seed
+            continue  # a seed counts once every stream has finished (its ensembles need all)
         tests, vals = [], []
-        for run in done:
-            by_rule, rule = _run_numbers(run)
-            rules.add(rule)
+        for run in done:  # the streams of one seed share the config, so the rule too
+            by_rule, seed_rule = _run_numbers(run)
+            rules.add(seed_rule)
             test, val = load_run(str(run.folder))
             tests.append(test)
             vals.append(val)
@@ -86,7 +86,10 @@ def _collect(runs: list[Run], search: bool) -> tuple[dict[str, dict[int, _Seed]]
             evaluation = evaluate_runs(tests, val_runs=vals, search=search)
             for result in evaluation.ensembles:
                 entry = _seed_entry(
-                    {rule: result.top1}, result.logits, evaluation.labels, evaluation.sample_ids
+                    {seed_rule: result.top1},
+                    result.logits,
+                    evaluation.labels,
+                    evaluation.sample_ids,
                 )
                 rows.setdefault(f"{variant} {result.name}", {})[seed] = entry
     some_seed = next((seed for seeds in rows.values() for seed in seeds.values()), None)
