@@ -219,3 +219,14 @@ def test_the_command_line_says_one_line_and_prints_every_runs_command(tmp_path):
         f"--config.data.stream=joint --workdir={tmp_path}/csre/seed3"
     )
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_the_cluster_script_runs_one_task_per_run(tmp_path):
+    argv = ["study.py", "--config=configs/synthetic.py", "--seeds=0,1", "--slurm",
+            f"--workdir={tmp_path}"]  # fmt: skip
+    script = plan.slurm_script(tmp_path, argv, 4).read_text().splitlines()
+    assert script[0] == "#!/bin/bash" and "#SBATCH --array=0-3" in script
+    assert script[-1] == (
+        f"python study.py --config=configs/synthetic.py --seeds=0,1 --workdir={tmp_path} "
+        "--task=$SLURM_ARRAY_TASK_ID"
+    )
