@@ -20,16 +20,15 @@ itself reproduces its recording exactly and a 1e-12 perturbation moves no tensor
 than 1e-6 of its tolerance.
 
 A float32 recording documents how close float32 gets. A step can be ill-conditioned in
-float32: when a ReLU input or a max-pool pair sits within
-rounding distance of a tie, any two float32 implementations (the official code on two
-machines included) may take different branches there, and the early layers' gradients then
-differ by percents. So the step is also run on copies of its state and batch perturbed by a
-relative 2^-20 (the size of the measured difference between our float32 activations and
-the official ones), and a parameter or momentum tensor passes when its error is within the
-tolerance plus twice the spread those runs show. A gradient that is zero in exact
-arithmetic (the bias of a convolution that feeds a BatchNorm) is rounding noise in both
-implementations: where ours is, the official one's recorded noise is added to its
-tolerance. `--strict` applies the plain tolerances alone.
+float32: when a ReLU input or a max-pool pair sits within rounding distance of a tie, any two
+float32 implementations (the official code on two machines included) may take different
+branches there, and the early layers' gradients then differ by percents. So the step is also
+run on copies of its state and batch perturbed by a relative 2^-20 (the size of the measured
+difference between our float32 activations and the official ones), and a parameter or
+momentum tensor passes when its error is within the tolerance plus twice the spread those
+runs show. A gradient that is zero in exact arithmetic (the bias of a convolution that feeds
+a BatchNorm) is rounding noise in both implementations: where ours is, the official one's
+recorded noise is added to its tolerance. `--strict` applies the plain tolerances alone.
 """
 
 import argparse
