@@ -30,7 +30,7 @@ from ml_collections import ConfigDict, config_flags
 from csre_jax.cli import exit_if_bad, parse_flags, start
 from csre_jax.data.datasets import load_dataset
 from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
-from csre_jax.evaluate.ensembles import RunsEvaluation, evaluate_runs
+from csre_jax.evaluate.ensembles import RunsEvaluation, evaluate_runs, weights_problem
 from csre_jax.evaluate.reports import results_table, write_report
 from csre_jax.evaluate.runs import load_runs
 from csre_jax.evaluate.scoring import (
@@ -102,6 +102,12 @@ def _numbers(values: list[str] | None) -> bool:
                 f"{value!r} is not a number; give one weight per --runs entry, in its order, "
                 "e.g. --weights=0.6,0.6,0.4,0.4"
             ) from None
+    problem = weights_problem([float(v) for v in values]) if values else None
+    if problem:
+        raise flags.ValidationError(
+            f"{problem}; give finite weights of 0 or more, not all 0, one per --runs entry "
+            "(e.g. --weights=0.6,0.6,0.4,0.4)"
+        )
     return True
 
 

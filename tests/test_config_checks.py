@@ -216,6 +216,20 @@ def test_eval_names_the_weights_flag(tmp_path):
     assert "'abc' is not a number; give one weight per --runs entry" in result.stderr
 
 
+def test_eval_refuses_weights_that_make_no_ensemble(tmp_path):
+    runs = []
+    for name in ("j", "b"):
+        np.savez(tmp_path / f"{name}.npz", logits=np.zeros((2, 3)))
+        runs.append(str(tmp_path / f"{name}.npz"))
+    result, _ = _run("eval.py", f"--runs={','.join(runs)}", "--weights=1,nan")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: flag --weights=") and line.endswith(
+        ": a weight is not finite; give finite weights of 0 or more, not all 0, one per "
+        "--runs entry (e.g. --weights=0.6,0.6,0.4,0.4)"
+    )
+
+
 @pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py"])
 def test_help_exits_0(script):
     result, _ = _run(script, "--help")

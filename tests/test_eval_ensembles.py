@@ -1,11 +1,15 @@
 """Stream ensembles of tiny score files give the accuracies computed by hand below."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from csre_jax import sharding
+from csre_jax.data.pipeline import Split
 from csre_jax.evaluate.ensembles import evaluate_runs, published_weights
 from csre_jax.evaluate.runs import load_runs
 from csre_jax.evaluate.scores import save_scores
+from csre_jax.evaluate.scoring import score_split
 
 LABELS = [0, 1, 2, 0]
 # Per stream, the logits of the four samples (3 classes). By hand, with fused = sum w * logits:
@@ -95,3 +99,37 @@ def test_files_of_different_test_sets_fail_naming_both(tmp_path):
         evaluate_runs(load_runs([joint, reordered])[0])
     with pytest.raises(ValueError, match="2 runs but 3 weights"):
         evaluate_runs(load_runs([joint, reordered])[0], weights=[1, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"),
+    [([1, float("nan")], "not finite"), ([0, 0], "every weight is 0"), ([1, -1], "negative")],
+)
+def test_weights_that_make_no_ensemble_are_refused(tmp_path, weights, problem):
+    """A NaN, negative or all-zero weight would print a chance-level 'ensemble' as the user's."""
+    specs = [_run_folder(tmp_path, stream) for stream in ("joint", "bone")]
+    with pytest.raises(ValueError, match=rf"^--weights=.*: (a weight is )?{problem}; give fin"):
+        evaluate_runs(load_runs(specs)[0], weights=weights)
+
+
+def test_a_score_file_with_a_nan_logit_is_refused_naming_the_file_and_the_row(tmp_path):
+    """argmax reads a NaN row as class 0: no accuracy may be printed from it."""
+    logits = np.asarray(STREAM_LOGITS["joint"], np.float32)
+    logits[2, 1] = np.nan
+    spec = _run_folder(tmp_path, "joint", logits=logits)
+    with pytest.raises(ValueError, match=r"joint/scores/test_scores.npz: the logits of 1 of 4 s"):
+        load_runs([spec])
+    with pytest.raises(ValueError, match=r"\(rows 2\) are not finite; rescore the run"):
+        load_runs([spec])
+
+
+def test_a_model_whose_outputs_are_not_finite_prints_no_accuracy():
+    """Evaluation in training and eval.py --workdir score through score_split."""
+    split = Split(np.zeros((3, 2), np.float32), np.zeros(3, np.int32), num_classes=2)
+
+    def nan_step(variables, batch):
+        logits = jnp.where(jnp.arange(2) == 1, jnp.nan, 0.0) * jnp.ones((len(batch["x"]), 1))
+        return logits, jnp.zeros((len(batch["x"]), 4))
+
+    with pytest.raises(ValueError, match=r"the model's outputs: the logits of 3 of 3 samples"):
+        score_split(nan_step, {}, split, batch_size=4, mesh=sharding.make_mesh(1))

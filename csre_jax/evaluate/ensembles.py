@@ -86,6 +86,19 @@ class RunsEvaluation:
         }
 
 
+def weights_problem(weights: Sequence[float]) -> str | None:
+    """What makes given ensemble weights unusable, or None: a NaN or infinite weight, a
+    negative one, or all zero would print an accuracy that is no ensemble's."""
+    values = np.asarray(weights, np.float64)
+    if not np.isfinite(values).all():
+        return "a weight is not finite"
+    if (values < 0).any():
+        return "a weight is negative"
+    if not values.any():
+        return "every weight is 0"
+    return None
+
+
 def ensemble_name(members: Sequence[str]) -> str:
     if all(m in SHORT_NAMES for m in members):
         return f"{len(members)}-stream ({'+'.join(SHORT_NAMES[m] for m in members)})"
@@ -268,6 +281,12 @@ def evaluate_runs(
     label is read."""
     if weights is not None and search:
         raise ValueError("--weights and --search_weights: give weights or search them, not both")
+    problem = None if weights is None else weights_problem(weights)
+    if problem:
+        raise ValueError(
+            f"--weights={','.join(map(str, weights))}: {problem}; give finite weights of 0 or "
+            "more, not all 0, one per run (e.g. --weights=0.6,0.6,0.4,0.4)"
+        )
     metadata = test_runs[0].metadata
     dataset = metadata.get("dataset") or ""
     plans, notes = _plan(test_runs, weights, metadata.get("model", ""), dataset)

@@ -45,6 +45,13 @@ class ScoreFile:
     # Validation scores of a run folder that recorded its held-out split: that record.
     validation_split: ValidationSplit | None = None
 
+    def __post_init__(self):
+        check_finite(
+            self.logits,
+            self.path,
+            "rescore the run (eval.py --workdir=<run>) or leave this file out",
+        )
+
     @property
     def stream(self) -> str | None:
         return self.metadata.get("stream")
@@ -52,6 +59,18 @@ class ScoreFile:
     def with_stream(self, stream: str) -> "ScoreFile":
         """The same scores, their metadata naming `stream` (e.g. from --streams)."""
         return dataclasses.replace(self, metadata=self.metadata | {"stream": stream})
+
+
+def check_finite(logits: np.ndarray, source: str, fix: str) -> None:
+    """Refuses logits with a NaN or infinite value: argmax would read such a row as class 0
+    and every accuracy from them would be wrong. The error names `source` and the rows."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=-1))
+    if len(bad):
+        rows = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+        raise ValueError(
+            f"{source}: the logits of {len(bad)} of {len(logits)} samples (rows {rows}) are "
+            f"not finite; {fix}"
+        )
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:

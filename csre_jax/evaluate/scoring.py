@@ -19,7 +19,7 @@ from tqdm import tqdm
 from csre_jax import sharding
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split, Transform, eval_batches
-from csre_jax.evaluate.scores import save_scores, topk_accuracy
+from csre_jax.evaluate.scores import check_finite, save_scores, topk_accuracy
 from csre_jax.models import accumulation_dtype, cast_floats, model_inputs
 from csre_jax.workdir import val_scores_path
 
@@ -85,6 +85,12 @@ def score_split(
         all_real = np.asarray(multihost_utils.process_allgather(real, tiled=True))
         outputs.append([np.asarray(a)[all_real] for a in gathered])
     logits, pooled = (np.concatenate(parts)[: len(split)] for parts in zip(*outputs, strict=True))
+    check_finite(
+        logits,
+        "the model's outputs",
+        "its weights hold NaN or infinite values (a diverged run): resume from an earlier "
+        "checkpoint with a lower optim.base_lr",
+    )
     top1, top5 = (100 * topk_accuracy(logits, split.labels, k) for k in (1, 5))
     return SplitScores(logits, pooled, top1, top5)
 
