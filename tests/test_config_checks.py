@@ -205,23 +205,24 @@ def test_eval_names_an_unreadable_run_config(tmp_path):
     assert result.stderr.startswith(f"error: {tmp_path / 'config.json'}: not a readable run config")
 
 
-def test_eval_names_the_weights_flag(tmp_path):
+def _two_score_files(tmp_path) -> str:
+    """--runs of two .npz files: the weights flag is checked before they are read."""
     runs = []
     for name in ("j", "b"):
         np.savez(tmp_path / f"{name}.npz", logits=np.zeros((2, 3)))
         runs.append(str(tmp_path / f"{name}.npz"))
-    result, _ = _run("eval.py", f"--runs={','.join(runs)}", "--weights=1,abc")
+    return f"--runs={','.join(runs)}"
+
+
+def test_eval_names_the_weights_flag(tmp_path):
+    result, _ = _run("eval.py", _two_score_files(tmp_path), "--weights=1,abc")
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: flag --weights=")
     assert "'abc' is not a number; give one weight per --runs entry" in result.stderr
 
 
 def test_eval_refuses_weights_that_make_no_ensemble(tmp_path):
-    runs = []
-    for name in ("j", "b"):
-        np.savez(tmp_path / f"{name}.npz", logits=np.zeros((2, 3)))
-        runs.append(str(tmp_path / f"{name}.npz"))
-    result, _ = _run("eval.py", f"--runs={','.join(runs)}", "--weights=1,nan")
+    result, _ = _run("eval.py", _two_score_files(tmp_path), "--weights=1,nan")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: flag --weights=") and line.endswith(
