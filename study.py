@@ -86,13 +86,13 @@ def main(argv):
             plan.train(runs if _TASK.value is None else [runs[_TASK.value]])
             if _TASK.value is not None:
                 return
-        written = report.write_study_report(root, runs, variants, search=_SEARCH_WEIGHTS.value)
+        verdict = report.write_study_report(root, runs, variants, search=_SEARCH_WEIGHTS.value)
     except (StudyError, ResumeRefused) as error:
         _fail(str(error))
     except Stopped as stop:
         sys.stderr.write(f"\n{stop}\nRerun the study's command to continue it.\n")
         sys.exit(stop.exit_code)
-    print(written.summary_text)
+    print(verdict)
 
 
 if __name__ == "__main__":

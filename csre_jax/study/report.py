@@ -37,18 +37,10 @@ class _Seed:
     sample_ids: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class StudyReport:
-    path: Path
-    summary_text: str
-
-
 def _run_numbers(run: Run) -> tuple[dict[str, float], str]:
-    """{rule: test top-1} of a finished run, and the rule that kept its model."""
-    has_val = run.config.data.get("val_fraction", 0.0) > 0
-    summary = selection.summarize(
-        read_metrics(run.folder, "epoch"), selection.rule_of(run.config, has_val)
-    )
+    """{rule: test top-1} of a finished run, and the rule that kept its model: the
+    selection record training wrote at its end."""
+    summary = read_metrics(run.folder, "selection")[-1]
     by_rule = {rule: summary[rule]["test_top1"] for rule in selection.RULES if summary[rule]}
     return by_rule, summary["rule"]
 
@@ -282,8 +274,9 @@ def summary_lines(report: dict) -> list[str]:
 
 def write_study_report(
     root: Path, runs: list[Run], variants: list[Variant], search: bool = False
-) -> StudyReport:
-    """study.json, study.md and the figures in the study folder."""
+) -> str:
+    """study.json, study.md and the figures in the study folder; returns the verdict lines
+    and where the report is."""
     report = build(runs, variants, search)
     root = Path(root)
     with atomic_write(root / "study.json") as tmp:
@@ -291,5 +284,4 @@ def write_study_report(
     with atomic_write(root / "study.md") as tmp:
         tmp.write_text(markdown(report))
     figures.write_figures(root, report)
-    text = "\n".join([*summary_lines(report), f"report: {root / 'study.md'}"])
-    return StudyReport(root / "study.md", text)
+    return "\n".join([*summary_lines(report), f"report: {root / 'study.md'}"])
