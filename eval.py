@@ -29,6 +29,7 @@ from ml_collections import ConfigDict, config_flags
 
 from csre_jax.cli import exit_if_bad, parse_flags, start
 from csre_jax.data.datasets import load_dataset
+from csre_jax.errors import UserError
 from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
 from csre_jax.evaluate.ensembles import RunsEvaluation, evaluate_runs, weights_problem
 from csre_jax.evaluate.reports import results_table, write_report
@@ -125,7 +126,7 @@ def _run_config(run: RunFolder) -> ConfigDict:
     try:
         config = ConfigDict(json.loads(path.read_text()))
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise UserError(
             f"{path}: not a readable run config ({error}); pass --config=<the run's config file>"
         ) from error
     return exit_if_bad(config)
@@ -180,7 +181,7 @@ def _evaluate(specs: list[str], val_specs: list[str] | None, title: str) -> Runs
 def evaluate_and_report() -> None:
     if _EXPORT_PICKLE.value:
         if len(_RUNS.value) != 1:
-            raise ValueError(f"--export_pickle takes one run, got {len(_RUNS.value)} in --runs")
+            raise UserError(f"--export_pickle takes one run, got {len(_RUNS.value)} in --runs")
         (test,), _ = load_runs(_RUNS.value, labels=_LABELS.value, streams=_STREAMS.value)
         save_pickle_scores(Path(_EXPORT_PICKLE.value), test)
         print(f"{test.path}: test scores written to {_EXPORT_PICKLE.value} (CTR-GCN pickle)")

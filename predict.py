@@ -15,6 +15,7 @@ from absl import app, flags
 
 from csre_jax.cli import parse_flags, start
 from csre_jax.data import pyskl
+from csre_jax.errors import UserError
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run folder.")
@@ -38,7 +39,7 @@ def read_sequences(path: Path) -> tuple[list[str], list[np.ndarray], list, list,
     if path.suffix == ".npy":
         array = np.load(path)
         if array.ndim not in (3, 4, 5):
-            raise ValueError(
+            raise UserError(
                 f"{path}: an array of shape {array.shape}; expected (T, V, C), (M, T, V, C) "
                 "or a batch (B, M, T, V, C)"
             )
@@ -54,7 +55,7 @@ def read_sequences(path: Path) -> tuple[list[str], list[np.ndarray], list, list,
             [a.get("img_shape") for a in annotations],
             [a.get("label") for a in annotations],
         )
-    raise ValueError(f"--input={path}: expected a .pkl, .npy or .skeleton file")
+    raise UserError(f"--input={path}: expected a .pkl, .npy or .skeleton file")
 
 
 def main(argv):

@@ -14,6 +14,7 @@ from ml_collections import ConfigDict
 
 from csre_jax import sharding
 from csre_jax.config_checks import ConfigError, check_config
+from csre_jax.errors import UserError
 
 # absl prints the usage and exits with status 1 after these; asking for help is no failure.
 _HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
@@ -22,7 +23,7 @@ _LOCKED = re.compile(r'Key "(?P<key>[^"]+)" does not exist and cannot be added')
 _DID_YOU_MEAN = re.compile(r'Did you mean "(?P<key>[^"]+)"')
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UserError):
     """A config file that cannot be loaded; the message names the file, line and fix."""
 
 

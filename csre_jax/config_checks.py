@@ -17,9 +17,11 @@ from csre_jax import models
 from csre_jax.csre.loss import SAMPLING_MODES
 from csre_jax.csre.model import BANK_NAMES
 from csre_jax.data.transforms import STREAMS, VARIANTS
-from csre_jax.training import selection
 
 # What csre_jax.data.datasets.load_dataset, optimizer.from_config and the train step dispatch on.
+from csre_jax.errors import UserError
+from csre_jax.training import selection
+
 CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float64"),
     "select_on": ("auto", *selection.RULES),
@@ -68,7 +70,7 @@ BELOW_ONE = ("data.val_fraction", "loss.label_smoothing", "optim.momentum")  # i
 NOT_KNOBS = ("num_classes", "layout", "num_person", "in_channels", "parent", "name")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """One or more config fields hold values the run cannot use; the message lists each."""
 
 

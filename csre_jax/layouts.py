@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
+from csre_jax.errors import UserError
+
 Pair = tuple[int, int]
 
 
@@ -112,7 +114,7 @@ def _validate(layout: Layout) -> None:
     source = f"layout {layout.name!r}"
 
     def fail(field: str, problem: str, fix: str) -> None:
-        raise ValueError(f"{source}: field {field!r} {problem}; {fix}")
+        raise UserError(f"{source}: field {field!r} {problem}; {fix}")
 
     if v < 2:
         fail("joints", f"names {v} joint(s)", "a skeleton needs at least two joints")
@@ -286,14 +288,14 @@ def layout_from_dict(spec: dict, source: str = "layout") -> Layout:
     """A Layout from JSON-like data; joints may be named or indexed. Errors name `source`
     and the field."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{source}: expected a JSON object with 'joints', 'edges', 'centre'")
+        raise UserError(f"{source}: expected a JSON object with 'joints', 'edges', 'centre'")
     known = {f.name for f in dataclasses.fields(Layout)}
     unknown = set(spec) - known
     if unknown:
-        raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise UserError(f"{source}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     missing = {"joints", "edges", "centre"} - set(spec)
     if missing:
-        raise ValueError(f"{source}: missing field(s) {sorted(missing)}")
+        raise UserError(f"{source}: missing field(s) {sorted(missing)}")
     joints = tuple(str(j) for j in spec["joints"])
 
     def index(field: str, joint) -> int:
@@ -301,7 +303,7 @@ def layout_from_dict(spec: dict, source: str = "layout") -> Layout:
             return joint
         if joint in joints:
             return joints.index(joint)
-        raise ValueError(f"{source}: field {field!r} names the unknown joint {joint!r}")
+        raise UserError(f"{source}: field {field!r} names the unknown joint {joint!r}")
 
     def pairs(field: str) -> tuple[Pair, ...] | None:
         if spec.get(field) is None:
@@ -311,7 +313,7 @@ def layout_from_dict(spec: dict, source: str = "layout") -> Layout:
         except (TypeError, ValueError) as e:
             if "unknown joint" in str(e):
                 raise
-            raise ValueError(f"{source}: field {field!r} must be a list of [a, b] pairs") from e
+            raise UserError(f"{source}: field {field!r} must be a list of [a, b] pairs") from e
 
     fields = {
         "name": str(spec.get("name", Path(source).stem)),
@@ -325,7 +327,7 @@ def layout_from_dict(spec: dict, source: str = "layout") -> Layout:
     try:
         return Layout(**fields)
     except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise UserError(f"{source}: {e}") from None
 
 
 def load_layout(name_or_path: str | Layout) -> Layout:
@@ -336,12 +338,12 @@ def load_layout(name_or_path: str | Layout) -> Layout:
         return BUILTIN_LAYOUTS[name_or_path]
     path = Path(name_or_path).expanduser()
     if path.suffix != ".json" or not path.is_file():
-        raise ValueError(
+        raise UserError(
             f"unknown layout {name_or_path!r}: name a built-in one "
             f"({', '.join(BUILTIN_LAYOUTS)}) or an existing .json file (README, 'Your own data')"
         )
     try:
         spec = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise UserError(f"{path}: not valid JSON ({e})") from e
     return layout_from_dict(spec, source=str(path))

@@ -11,6 +11,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from csre_jax.data.datasets import Dataset
+from csre_jax.errors import UserError
 from csre_jax.evaluate.class_names import class_names
 from csre_jax.fileio import atomic_write
 from csre_jax.layouts import Layout, layout_from_dict
@@ -73,4 +74,4 @@ class ModelCard:
                 class_names=tuple(record["class_names"]),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a model card ({type(e).__name__}: {e})") from e
+            raise UserError(f"{path}: not a model card ({type(e).__name__}: {e})") from e

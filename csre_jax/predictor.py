@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 from csre_jax import compile_cache, sharding
 from csre_jax.data import datasets, ntu_prepare, pyskl
 from csre_jax.data.ntu_raw import read_skeleton
+from csre_jax.errors import UserError
 from csre_jax.evaluate.scoring import compile_eval_step
 from csre_jax.model_card import ModelCard
 from csre_jax.training import loop
@@ -61,7 +62,7 @@ def _stored_sample(data: ConfigDict, card: ModelCard, keypoint: np.ndarray) -> n
         return keypoint[0]  # the feeder takes one person's (F, 20, 3) clip
     window = card.num_frames  # synthetic samples are stored at the window
     if keypoint.shape[1] != window:
-        raise ValueError(f"this run takes exactly {window} frames, got {keypoint.shape[1]}")
+        raise UserError(f"this run takes exactly {window} frames, got {keypoint.shape[1]}")
     sample = np.zeros((card.num_person, *keypoint.shape[1:]), np.float32)
     sample[: len(keypoint)] = keypoint[: card.num_person]
     return sample.transpose(3, 1, 2, 0)
@@ -134,13 +135,13 @@ class Predictor:
             keypoint = keypoint[None]  # one person's (T, V, C)
         layout, coords = self.card.layout, self._coords()
         if keypoint.ndim != 4 or keypoint.shape[2:] != (layout.num_joints, coords):
-            raise ValueError(
+            raise UserError(
                 f"keypoints of shape {keypoint.shape}: this run takes (persons, frames, "
                 f"{layout.num_joints}, {coords}) for its layout {layout.name!r} "
                 f"({layout.num_joints} joints) with {coords} coordinates"
             )
         if not np.isfinite(keypoint).all():
-            raise ValueError("keypoints hold NaN or infinite values; write 0 for missing joints")
+            raise UserError("keypoints hold NaN or infinite values; write 0 for missing joints")
         out = self._transform(keypoint, score, img_shape)
         return out if isinstance(out, dict) else {"x": out}
 
@@ -160,7 +161,7 @@ class Predictor:
         sequences = [keypoints] if single else list(keypoints)
         count = len(sequences)
         if not count:
-            raise ValueError("no sequences to predict")
+            raise UserError("no sequences to predict")
         scores = [scores] * count if scores is None or single else list(scores)
         if img_shapes is None or (len(img_shapes) == 2 and np.isscalar(img_shapes[0])):
             img_shapes = [img_shapes] * count

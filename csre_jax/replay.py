@@ -47,6 +47,7 @@ from csre_jax import sharding
 from csre_jax.csre.model import torch_key_fn
 from csre_jax.data.datasets import Dataset
 from csre_jax.data.pipeline import Split
+from csre_jax.errors import UserError
 from csre_jax.layouts import BUILTIN_LAYOUTS
 from csre_jax.models import hyperformer, torch_io
 from csre_jax.training import loop
@@ -90,7 +91,7 @@ _STATE_PARTS = ("model", "momentum", "bank_spatial", "bank_temporal", "filled")
 _TENSORS = ("x_train", "x_test", "eval_logits", "logits")
 
 
-class RecordingError(ValueError):
+class RecordingError(UserError):
     """A recording that cannot be replayed; the message names the file and the key."""
 
 

@@ -26,6 +26,8 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from csre_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -34,7 +36,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     available = jax.device_count()
     count = num_devices or available
     if count > available:
-        raise ValueError(f"asked for {count} devices but only {available} are visible")
+        raise UserError(f"asked for {count} devices but only {available} are visible")
     # Auto axes let XLA place intermediates; the state and batch shardings below are explicit.
     return jax.make_mesh((count,), (DATA_AXIS,), (AxisType.Auto,), devices=jax.devices()[:count])
 

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from csre_jax.errors import UserError
+
 
 @struct.dataclass
 class MemoryBank:
@@ -92,7 +94,7 @@ def create_queue(
     """An empty queue of `capacity` rows; it must hold a whole global batch, or one write
     would land twice on the same row."""
     if capacity < batch_size:
-        raise ValueError(
+        raise UserError(
             f"csre.bank_size={capacity}: a queue needs at least one global batch of rows "
             f"({batch_size}); 0 keeps the official bank of one slot per training sample"
         )

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank, store
+from csre_jax.errors import UserError
 from csre_jax.models import accumulation_dtype
 
 SAMPLING_MODES = ("hard", "random", "hard+random")
@@ -31,9 +32,9 @@ class ContrastConfig:
         for field in ("positive_sampling", "negative_sampling"):
             value = getattr(self, field)
             if value not in SAMPLING_MODES:
-                raise ValueError(f"{field}={value!r}: choose one of {SAMPLING_MODES}")
+                raise UserError(f"{field}={value!r}: choose one of {SAMPLING_MODES}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise UserError(f"temperature must be positive, got {self.temperature}")
 
 
 _LANES = 8  # width of the float32 vector register PyTorch's CPU reduction accumulates in
@@ -257,7 +258,7 @@ def bank_loss(
     """
     largest = max(config.num_positives, config.num_negatives)
     if bank.num_slots < largest:
-        raise ValueError(
+        raise UserError(
             f"the bank has {bank.num_slots} slots but the loss asks "
             f"for {config.num_positives} positives and {config.num_negatives} negatives per "
             f"anchor: lower csre.num_positives / csre.num_negatives below the training-set size "

@@ -10,6 +10,7 @@ import jax
 from flax import traverse_util
 
 from csre_jax.csre.heads import STFD, GlobalHead
+from csre_jax.errors import UserError
 from csre_jax.models import torch_io
 
 # Which embedding each bank contrasts: the STFD branches, or the pooled global feature.
@@ -47,7 +48,7 @@ class ContrastiveClassifier(nn.Module):
     def __post_init__(self):
         unknown = set(self.banks) - set(BANK_NAMES)
         if unknown:
-            raise ValueError(f"unknown bank(s) {sorted(unknown)}: choose from {BANK_NAMES}")
+            raise UserError(f"unknown bank(s) {sorted(unknown)}: choose from {BANK_NAMES}")
         super().__post_init__()
 
     @nn.compact

@@ -29,6 +29,7 @@ import numpy as np
 from csre_jax.data import pyskl, ucla
 from csre_jax.data.datasets import npz_member_memmap
 from csre_jax.data.transforms import ntu_row_to_sample, valid_frame_count
+from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 
 Samples = list[dict]
@@ -45,7 +46,7 @@ def write_annotations(
     as `pyskl.load` checks it, then written atomically."""
     path = Path(path)
     if not samples:
-        raise ValueError(f"{path}: no samples to write")
+        raise UserError(f"{path}: no samples to write")
     annotations = [_annotation(sample) for sample in samples]
     content = {"split": {name: list(dirs) for name, dirs in splits.items()}}
     content["annotations"] = annotations
@@ -86,7 +87,7 @@ def npy_annotations(
     for line, row in enumerate(rows, start=1):
         cells = [c.strip() for c in row]
         if len(cells) not in (2, 3) or not cells[1].isdigit():
-            raise ValueError(
+            raise UserError(
                 f"{labels_csv} row {line}: expected name,label[,split] with a 0-based integer "
                 f"label, got {row}"
             )
@@ -111,7 +112,7 @@ def ntu_annotations(split_file: Path) -> tuple[Samples, Splits]:
     for split in ("train", "test"):
         with np.load(split_file) as npz:
             if f"y_{split}" not in npz.files:
-                raise ValueError(f"{split_file}: no y_{split}; is it an NTU split file?")
+                raise UserError(f"{split_file}: no y_{split}; is it an NTU split file?")
             labels = np.argmax(npz[f"y_{split}"], axis=1)
         rows = npz_member_memmap(split_file, f"x_{split}")
         names = splits.setdefault(split, [])

@@ -12,6 +12,7 @@ from ml_collections import ConfigDict
 
 from csre_jax.data import synthetic, transforms
 from csre_jax.data.pipeline import Split, Transform
+from csre_jax.errors import UserError
 from csre_jax.layouts import BUILTIN_LAYOUTS, Layout
 
 # Split files as the official NTU preparation names them, per (dataset, benchmark).
@@ -60,7 +61,7 @@ def load_dataset(data: ConfigDict) -> Dataset:
         return _ucla(data)
     if data.name == "custom":
         return _custom(data)
-    raise ValueError(
+    raise UserError(
         f"data.name={data.name!r} is not a known dataset: "
         "choose synthetic, ntu60, ntu120, ucla or custom"
     )
@@ -71,7 +72,7 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     every class that has two, drawn with `seed`. Depends on labels only, not on the stream,
     so the four streams of a benchmark hold out the same samples."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction}: choose a share in [0, 1), e.g. 0.05")
+        raise UserError(f"data.val_fraction={fraction}: choose a share in [0, 1), e.g. 0.05")
     held = []
     rng = np.random.default_rng(seed)
     for label in np.unique(labels):
@@ -108,7 +109,7 @@ _UCLA_FROM_NTU_JOINTS = [0, 1, 20, *range(3, 20)]
 def _synthetic_layout(data: ConfigDict) -> Layout:
     skeleton = data.get("skeleton", "ntu")
     if skeleton not in ("ntu", "ucla"):
-        raise ValueError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
+        raise UserError(f"data.skeleton={skeleton!r}: choose ntu or ucla")
     return BUILTIN_LAYOUTS[skeleton]
 
 
@@ -142,7 +143,7 @@ def sample_transform(data: ConfigDict, *, train: bool) -> Transform | None:
         from csre_jax.data import pyskl  # noqa: PLC0415 (only custom runs need it)
 
         return pyskl.sample_transform(data, train=train)
-    raise ValueError(f"data.name={data.name!r} is not a known dataset")
+    raise UserError(f"data.name={data.name!r} is not a known dataset")
 
 
 def _synthetic(data: ConfigDict) -> Dataset:
@@ -172,7 +173,7 @@ def _ntu(data: ConfigDict) -> Dataset:
     key = (data.name, data.benchmark)
     if key not in NTU_SPLIT_FILES:
         choices = sorted(b for n, b in NTU_SPLIT_FILES if n == data.name)
-        raise ValueError(f"data.benchmark={data.benchmark!r} for {data.name}: choose {choices}")
+        raise UserError(f"data.benchmark={data.benchmark!r} for {data.name}: choose {choices}")
     path = Path(data.root).expanduser() / NTU_SPLIT_FILES[key]
     if not path.is_file():
         raise FileNotFoundError(
@@ -237,7 +238,7 @@ def npz_split(path: Path, split: str, num_classes: int) -> Split:
     with np.load(path) as npz:
         missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
         if missing:
-            raise KeyError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
+            raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
         labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
     return Split(npz_member_memmap(path, f"x_{split}"), labels, num_classes)
 

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csre_jax.data.ntu_raw import RawSkeleton, read_skeleton
+from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 
 # Denoising thresholds of the official script (the motion filter there is disabled, so absent).
@@ -139,7 +140,7 @@ def denoise(skeleton: RawSkeleton) -> tuple[np.ndarray, dict]:
         body["motion"] = float(_motion(body["joints"]))
     ranked = _select_bodies(bodies, report)
     if not ranked:
-        raise ValueError(f"{skeleton.name}: every body is {LENGTH_THRESHOLD} frames or shorter")
+        raise UserError(f"{skeleton.name}: every body is {LENGTH_THRESHOLD} frames or shorter")
     report["actors"] = [[ranked[0][0]], []]  # body ids written into each actor's columns
     if len(ranked) == 1:
         out = np.zeros((num_frames, 75), dtype=np.float32)

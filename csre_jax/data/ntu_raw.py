@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
+
 NUM_JOINTS = 25
 _BODY_FIELDS = 10
 _JOINT_FIELDS = 12
 
 
-class SkeletonFormatError(ValueError):
+class SkeletonFormatError(UserError):
     """A `.skeleton` file that does not follow the format (corrupt or truncated)."""
 
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from csre_jax.data.transforms import Transform
+from csre_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _process_share(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     processes, process = jax.process_count(), jax.process_index()
     size = len(batch["label"])
     if size % processes:
-        raise ValueError(f"batch size {size} is not divisible by {processes} processes")
+        raise UserError(f"batch size {size} is not divisible by {processes} processes")
     rows = slice(process * size // processes, (process + 1) * size // processes)
     return {k: v[rows] for k, v in batch.items()}
 
@@ -89,7 +90,7 @@ def steps_per_epoch(split: Split, global_batch_size: int) -> int:
     """Full batches per epoch; the remainder is dropped, a different one every epoch."""
     steps = len(split) // global_batch_size
     if steps == 0:
-        raise ValueError(
+        raise UserError(
             f"the training split has {len(split)} samples, fewer than one batch of "
             f"{global_batch_size}: lower data.batch_size"
         )

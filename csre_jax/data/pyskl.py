@@ -59,6 +59,7 @@ from ml_collections import ConfigDict
 
 from csre_jax.data import transforms
 from csre_jax.data.pipeline import Split
+from csre_jax.errors import UserError
 from csre_jax.layouts import Layout, load_layout
 
 DEFAULT_IMG_SHAPE = (1080, 1920)  # (h, w), pyskl's PreNormalize2D default
@@ -100,12 +101,12 @@ class InputSpec:
 def input_spec(data: ConfigDict) -> InputSpec:
     """The spec of data.*; data.coords must be resolved (load_dataset fills it in)."""
     if data.coords not in (2, 3):
-        raise ValueError(
+        raise UserError(
             f"data.coords={data.coords}: set 2 or 3 (0 means 'from the file' and is filled in "
             "when the dataset loads; a run's saved config has it)"
         )
     if data.num_person < 1 or data.num_frames < 1:
-        raise ValueError("data.num_person and data.num_frames must be at least 1")
+        raise UserError("data.num_person and data.num_frames must be at least 1")
     return InputSpec(
         layout=load_layout(data.layout),
         coords=data.coords,
@@ -128,7 +129,7 @@ def pack(
     keypoint = np.asarray(keypoint)
     expected = (spec.layout.num_joints, spec.coords)
     if keypoint.ndim != 4 or keypoint.shape[2:] != expected:
-        raise ValueError(
+        raise UserError(
             f"keypoint has shape {keypoint.shape}, expected (M, T, {expected[0]}, {expected[1]})"
             f" for layout {spec.layout.name!r} and data.coords={spec.coords}"
         )
@@ -142,7 +143,7 @@ def pack(
         out[:3] = keypoint.transpose(3, 0, 1, 2)
     if spec.use_score:
         if score is None or np.shape(score) != keypoint.shape[:3]:
-            raise ValueError(
+            raise UserError(
                 f"the model takes keypoint scores (data.use_score): give keypoint_score of "
                 f"shape {keypoint.shape[:3]}, got {None if score is None else np.shape(score)}"
             )
@@ -203,7 +204,7 @@ def align_joints(layout: Layout, align: str) -> tuple[int, int, int, int] | None
     else:
         names = [j.strip() for j in align.split(",")]
         if len(names) != 4:
-            raise ValueError(f"data.align={align!r}: give 'auto', 'none' or four joints a,b,c,d")
+            raise UserError(f"data.align={align!r}: give 'auto', 'none' or four joints a,b,c,d")
     if names is None:
         return None
     joints = []
@@ -213,7 +214,7 @@ def align_joints(layout: Layout, align: str) -> tuple[int, int, int, int] | None
         elif str(name).isdigit() and int(name) < layout.num_joints:
             joints.append(int(name))
         else:
-            raise ValueError(f"data.align: {name!r} is not a joint of layout {layout.name!r}")
+            raise UserError(f"data.align: {name!r} is not a joint of layout {layout.name!r}")
     return tuple(joints)
 
 
@@ -339,7 +340,7 @@ def load(data: ConfigDict) -> Loaded:
     data.class_names optionally names a text file with one class name per line, by label.
     """
     if not data.path:
-        raise ValueError(
+        raise UserError(
             "data.path is empty: name your pyskl annotation pickle, e.g. "
             "--config.data.path=my.pkl --config.data.layout=coco (README, 'Your own data')"
         )
@@ -348,7 +349,7 @@ def load(data: ConfigDict) -> Loaded:
     content = read(path)
     checked = check(content, str(path), layout)
     if data.coords not in (0, checked.coords):
-        raise ValueError(
+        raise UserError(
             f"{path}: the keypoints are {checked.coords}-D but data.coords={data.coords}; "
             f"set --config.data.coords={checked.coords} (or 0: from the file)"
         )
@@ -374,17 +375,17 @@ def read(path: Path) -> dict:
         with path.open("rb") as f:
             content = pickle.load(f)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
     if not isinstance(content, dict) or not {"split", "annotations"} <= content.keys():
-        raise ValueError(
+        raise UserError(
             f"{path}: expected a dict with fields 'split' and 'annotations' (pyskl's format); "
             f"got {type(content).__name__}"
             + (f" with fields {sorted(map(str, content))}" if isinstance(content, dict) else "")
         )
     if not isinstance(content["split"], dict):
-        raise ValueError(f"{path}: field 'split' must map split names to frame_dir lists")
+        raise UserError(f"{path}: field 'split' must map split names to frame_dir lists")
     if not isinstance(content["annotations"], list) or not content["annotations"]:
-        raise ValueError(f"{path}: field 'annotations' must be a non-empty list of samples")
+        raise UserError(f"{path}: field 'annotations' must be a non-empty list of samples")
     return content
 
 
@@ -419,7 +420,7 @@ def check(content: dict, source: str, layout: Layout | None) -> Checked:
             )
         if problem is not None:
             field, what, fix = problem
-            raise ValueError(
+            raise UserError(
                 f"{source}: annotation {i} (frame_dir {name!r}), field {field!r} {what}; {fix}"
             )
         if first is None:
@@ -429,7 +430,7 @@ def check(content: dict, source: str, layout: Layout | None) -> Checked:
     counts = np.bincount(labels)
     gaps = np.flatnonzero(counts == 0)
     if gaps.size:
-        raise ValueError(
+        raise UserError(
             f"{source}: field 'label': classes {gaps[:10].tolist()} have no sample (labels run "
             f"0..{len(counts) - 1}); renumber the labels 0..classes-1 without gaps"
         )
@@ -493,17 +494,17 @@ def split_positions(
     the split's order."""
     named_by = f" (config field data.{field})" if field else ""
     if name not in content["split"]:
-        raise ValueError(
+        raise UserError(
             f"{source}: field 'split' has no split {name!r}{named_by}; the file has "
             f"{sorted(content['split'])}" + (f": set --config.data.{field} to one" if field else "")
         )
     frame_dirs = content["split"][name]
     if not len(frame_dirs):
-        raise ValueError(f"{source}: field 'split', split {name!r}{named_by} is empty")
+        raise UserError(f"{source}: field 'split', split {name!r}{named_by} is empty")
     index = np.fromiter((positions.get(d, -1) for d in frame_dirs), np.int64, len(frame_dirs))
     if (index < 0).any():
         first = int(np.argmax(index < 0))
-        raise ValueError(
+        raise UserError(
             f"{source}: field 'split', split {name!r} names frame_dir {frame_dirs[first]!r} "
             f"({int((index < 0).sum())} missing in all) that no annotation has; "
             "list only frame_dirs of the annotations"
@@ -517,7 +518,7 @@ def _class_names(path: str, num_classes: int) -> tuple[str, ...] | None:
     names = tuple(line.strip() for line in Path(path).expanduser().read_text().splitlines())
     names = names[: len(names) - next((i for i, n in enumerate(reversed(names)) if n), 0)]
     if len(names) != num_classes:
-        raise ValueError(
+        raise UserError(
             f"{path} (config field data.class_names) names {len(names)} classes but the "
             f"labels give {num_classes}: one name per line, in label order"
         )

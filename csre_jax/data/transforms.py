@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.layouts import Layout, load_layout
 
 Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]]
@@ -207,7 +208,7 @@ def ntu_transform(
     return transform
 
 
-class NonFiniteClipError(ValueError):
+class NonFiniteClipError(UserError):
     """A clip whose "skeletons" hold NaN or infinity (JSON's NaN and Infinity parse): one such
     clip turns its whole normalised sample into NaN, so it is refused when read."""
 
@@ -220,9 +221,9 @@ def load_ucla_clip(path: str | Path) -> np.ndarray:
             clip = np.asarray(json.load(f)["skeletons"], dtype=np.float64)
     except (ValueError, KeyError, TypeError) as e:  # bad JSON, no key, ragged or non-numeric
         reason = f"{type(e).__name__}: {e}"
-        raise ValueError(f'{path}: not a clip with a numeric "skeletons" array ({reason})') from e
+        raise UserError(f'{path}: not a clip with a numeric "skeletons" array ({reason})') from e
     if clip.ndim != 3 or clip.shape[0] < 1 or clip.shape[1:] != (UCLA_JOINTS, 3):
-        raise ValueError(f'{path}: "skeletons" has shape {clip.shape}, expected (F, 20, 3)')
+        raise UserError(f'{path}: "skeletons" has shape {clip.shape}, expected (F, 20, 3)')
     bad = np.argwhere(~np.isfinite(clip))
     if bad.size:
         frame, joint, axis = bad[0]

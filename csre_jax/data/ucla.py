@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from csre_jax.data.transforms import NonFiniteClipError, load_ucla_clip
+from csre_jax.errors import UserError
 
 SPLITS = ("train", "val")
 CLIP_FOLDER = "all_sqe"
@@ -40,7 +41,7 @@ def _split_lists() -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
 def split_entries(split: str) -> tuple[tuple[str, ...], np.ndarray]:
     """The official (file stems, 0-based int32 labels) of "train" or "val", in order."""
     if split not in SPLITS:
-        raise ValueError(f"unknown NW-UCLA split {split!r}; expected one of {SPLITS}")
+        raise UserError(f"unknown NW-UCLA split {split!r}; expected one of {SPLITS}")
     stems, labels = _split_lists()[split]
     return stems, np.asarray(labels, dtype=np.int32)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.evaluate.scores import ScoreFile, load_scores
 from csre_jax.fileio import atomic_write
 
@@ -59,7 +60,7 @@ def load_labels(path: Path) -> LabelSource:
         if not isinstance(entries, list) or not all(
             isinstance(e, dict) and "label" in e for e in entries
         ):
-            raise ValueError(f"{path}: not NW-UCLA's val_label.pkl (a list of dicts with 'label')")
+            raise UserError(f"{path}: not NW-UCLA's val_label.pkl (a list of dicts with 'label')")
         labels = np.array([e["label"] - 1 for e in entries], np.int32)
         return LabelSource(labels, np.arange(len(labels)), "ucla")
     try:
@@ -67,7 +68,7 @@ def load_labels(path: Path) -> LabelSource:
             files = set(f.files)
             y_test = f["y_test"] if "y_test" in files and "logits" not in files else None
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable .npz ({error}); {fix}") from error
+        raise UserError(f"{path}: not a readable .npz ({error}); {fix}") from error
     if y_test is not None:
         labels = np.argmax(y_test, axis=1).astype(np.int32)
         dataset = {60: "ntu60", 120: "ntu120"}.get(y_test.shape[1], "")
@@ -80,7 +81,7 @@ def load_labels(path: Path) -> LabelSource:
             run.metadata.get("dataset", ""),
             run.metadata.get("benchmark", ""),
         )
-    raise ValueError(f"{path}: holds neither 'labels' nor 'y_test'; {fix}")
+    raise UserError(f"{path}: holds neither 'labels' nor 'y_test'; {fix}")
 
 
 def _unpickle(path: Path, fix: str):
@@ -88,7 +89,7 @@ def _unpickle(path: Path, fix: str):
         with open(path, "rb") as f:
             return pickle.load(f)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
-        raise ValueError(f"{path}: not a readable pickle ({error!r}); {fix}") from error
+        raise UserError(f"{path}: not a readable pickle ({error!r}); {fix}") from error
 
 
 def _sample_id(name) -> int | None:
@@ -107,14 +108,14 @@ def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None)
         raise FileNotFoundError(f"{path}: score file not found")
     scores = _unpickle(path, "expected CTR-GCN's epoch1_test_score.pkl")
     if not isinstance(scores, dict) or not scores:
-        raise ValueError(
+        raise UserError(
             f"{path}: expected a non-empty dict {{sample name: logits}} as CTR-GCN's "
             f"epoch1_test_score.pkl, found {type(scores).__name__}"
         )
     source = load_labels(labels_path)
     expected = source.sample_ids
     if len(scores) != len(expected):
-        raise ValueError(
+        raise UserError(
             f"{path} holds {len(scores)} samples but {labels_path} labels {len(expected)}; "
             f"they are not the same test set"
         )
@@ -122,14 +123,14 @@ def load_pickle_scores(path: Path, labels_path: Path, stream: str | None = None)
     for row, (name, sample_id) in enumerate(zip(names, expected, strict=True)):
         if _sample_id(name) != sample_id:
             want = _sample_name(source.dataset, int(sample_id))
-            raise ValueError(
+            raise UserError(
                 f"{path}: sample names out of test order: position {row} is {name!r}, "
                 f"{labels_path} expects {want!r} there; names must be test_<i> (NTU) or i "
                 f"(NW-UCLA) in the order of the labels"
             )
     rows = [np.asarray(v, np.float32).reshape(-1) for v in scores.values()]
     if len({row.size for row in rows}) > 1:
-        raise ValueError(f"{path}: logits of different lengths {sorted({r.size for r in rows})}")
+        raise UserError(f"{path}: logits of different lengths {sorted({r.size for r in rows})}")
     logits = np.stack(rows)
     metadata = {
         "dataset": source.dataset,

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csre_jax.data.transforms import STREAMS
+from csre_jax.errors import UserError
 from csre_jax.evaluate.scores import ScoreFile, check_same_samples, ensemble, topk_accuracy
 from csre_jax.workdir import RunFolder
 
@@ -114,7 +115,7 @@ def published_weights(streams: Sequence[str], model: str, dataset: str) -> Weigh
     if tuple(streams) == TWO_STREAM:
         return Weights((1.0, 1.0), f"published default ({script}, J + 1.0·B)")
     if tuple(streams) != STREAMS:
-        raise ValueError(f"no published weights for {ensemble_name(streams)}; pass --weights")
+        raise UserError(f"no published weights for {ensemble_name(streams)}; pass --weights")
     if not hyperformer:
         return Weights((0.6, 0.6, 0.4, 0.4), f"published default ({script})")
     if dataset == "ucla":
@@ -128,13 +129,13 @@ def runs_by_stream(runs: Sequence[ScoreFile]) -> dict[str, int]:
     for i, run in enumerate(runs):
         stream = run.stream
         if stream not in STREAMS:
-            raise ValueError(
+            raise UserError(
                 f"{run.path}: stream {stream!r} is not one of {', '.join(STREAMS)}; name "
                 f"each run's stream with --streams (in --runs order) or give --weights in "
                 f"file order"
             )
         if stream in found:
-            raise ValueError(
+            raise UserError(
                 f"{run.path} and {runs[found[stream]].path} both hold the {stream} "
                 f"stream; ensemble different streams, or give --weights in file order"
             )
@@ -201,18 +202,18 @@ def _validation_searched_weights(
     for i in members:
         val, stream = val_runs[i], test_runs[i].stream
         if val is None:
-            raise ValueError(
+            raise UserError(
                 f"{test_runs[i].path}: no validation scores to search weights on; "
                 f"{NO_VALIDATION_HINT}, or drop --search_weights to use the published weights"
             )
         if val.metadata.get("split") != "val":
-            raise ValueError(
+            raise UserError(
                 f"{val.path}: not a validation score file (metadata split="
                 f"{val.metadata.get('split')!r}); weights are searched on held-out "
                 f"validation scores only, never on test scores"
             )
         if val.stream != stream:
-            raise ValueError(
+            raise UserError(
                 f"{val.path}: validation scores of the {val.stream} "
                 f"stream given for the {stream} run {test_runs[i].path}"
             )
@@ -238,7 +239,7 @@ def _plan(
     """Which ensembles to score (run indices in weight order) with which weights, and notes;
     from the runs' metadata only. Without known, distinct streams only given weights apply."""
     if weights is not None and len(weights) != len(test_runs):
-        raise ValueError(f"{len(test_runs)} runs but {len(weights)} weights")
+        raise UserError(f"{len(test_runs)} runs but {len(weights)} weights")
     if len(test_runs) < 2:
         return [], []
     try:
@@ -280,10 +281,10 @@ def evaluate_runs(
     all runs with `weights` (file order) when given. The weights are settled before any test
     label is read."""
     if weights is not None and search:
-        raise ValueError("--weights and --search_weights: give weights or search them, not both")
+        raise UserError("--weights and --search_weights: give weights or search them, not both")
     problem = None if weights is None else weights_problem(weights)
     if problem:
-        raise ValueError(
+        raise UserError(
             f"--weights={','.join(map(str, weights))}: {problem}; give finite weights of 0 or "
             "more, not all 0, one per run (e.g. --weights=0.6,0.6,0.4,0.4)"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.evaluate.ctrgcn_pickle import load_pickle_scores
 from csre_jax.evaluate.scores import ScoreFile, ValidationSplit, load_scores
 from csre_jax.workdir import RunFolder
@@ -20,7 +21,7 @@ def _with_split_record(val: ScoreFile, run: RunFolder) -> ScoreFile:
         return val
     record = json.loads(path.read_text())
     if not np.array_equal(np.asarray(record["indices"]), val.sample_ids):
-        raise ValueError(
+        raise UserError(
             f"{val.path}: its samples are not the held-out split recorded in {path}; "
             f"rescore the run (python eval.py --workdir={run.root})"
         )
@@ -57,7 +58,7 @@ def load_run(
         test, val = _load_run_folder(path)
     elif path.suffix == ".pkl":
         if labels is None:
-            raise ValueError(
+            raise UserError(
                 f"{path}: a CTR-GCN pickle holds no labels; pass --labels=<one of our score "
                 f"files of the same test set, the NTU split .npz, or NW-UCLA's val_label.pkl>"
             )
@@ -82,7 +83,7 @@ def load_runs(
     """load_run over parallel lists: test score files and their validation ones."""
     for name, values in (("--val_runs", val_specs), ("--streams", streams)):
         if values and len(values) != len(specs):
-            raise ValueError(f"{len(specs)} runs but {len(values)} entries in {name}")
+            raise UserError(f"{len(specs)} runs but {len(values)} entries in {name}")
     loaded = [
         load_run(
             spec,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 
 
@@ -67,7 +68,7 @@ def check_finite(logits: np.ndarray, source: str, fix: str) -> None:
     bad = np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=-1))
     if len(bad):
         rows = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
-        raise ValueError(
+        raise UserError(
             f"{source}: the logits of {len(bad)} of {len(logits)} samples (rows {rows}) are "
             f"not finite; {fix}"
         )
@@ -111,11 +112,11 @@ def load_scores(path: Path) -> ScoreFile:
     try:
         archive = np.load(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz score file ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: not a readable .npz score file ({type(e).__name__}: {e})") from e
     with archive as f:
         missing = {"logits", "labels", "sample_ids"} - set(f.files)
         if missing:
-            raise ValueError(f"{path}: not a csre-jax score file (missing {sorted(missing)})")
+            raise UserError(f"{path}: not a csre-jax score file (missing {sorted(missing)})")
         return ScoreFile(
             logits=f["logits"],
             labels=f["labels"],
@@ -134,7 +135,7 @@ def check_same_samples(runs: Sequence[ScoreFile], what: str = "test set") -> Non
     for run in runs[1:]:
         pair = f"{run.path} and {first.path}"
         if run.logits.shape != first.logits.shape:
-            raise ValueError(
+            raise UserError(
                 f"{pair}: scores of shape {run.logits.shape} and {first.logits.shape} "
                 f"(samples, classes); they are not the same {what}"
             )
@@ -142,7 +143,7 @@ def check_same_samples(runs: Sequence[ScoreFile], what: str = "test set") -> Non
             ours, theirs = getattr(run, field), getattr(first, field)
             if not np.array_equal(ours, theirs):
                 row = int(np.argmax(ours != theirs))
-                raise ValueError(
+                raise UserError(
                     f"{pair}: labels or sample order differ (row {row} {holds} "
                     f"{ours[row]} in one, {theirs[row]} in the other); "
                     f"they are not the same {what} in the same order"
@@ -153,7 +154,7 @@ def ensemble(runs: Sequence[ScoreFile | Path], weights: Sequence[float]) -> Scor
     """Weighted sum of raw logits (float64) over score files (paths or loaded) of the same
     test set; its metadata names the members and their weights."""
     if len(runs) != len(weights):
-        raise ValueError(f"{len(runs)} score files but {len(weights)} weights")
+        raise UserError(f"{len(runs)} score files but {len(weights)} weights")
     runs = [run if isinstance(run, ScoreFile) else load_scores(run) for run in runs]
     check_same_samples(runs)
     fused = sum(w * run.logits.astype(np.float64) for w, run in zip(weights, runs, strict=True))

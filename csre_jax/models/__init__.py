@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from csre_jax.errors import UserError
 from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import torch_io
 
@@ -46,7 +47,7 @@ OFFICIAL_INPUTS = {
 
 def _lookup(table, kind: str, name: str):
     if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(table)}")
+        raise UserError(f"unknown {kind} {name!r}; known: {', '.join(table)}")
     return table[name] if isinstance(table, dict) else name
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.layouts import Layout, load_layout
 from csre_jax.models import torch_io
 from csre_jax.models.layers import Backbone, person_rows
@@ -107,7 +108,7 @@ class HCN(Backbone, kw_only=True):
         self.check_input(x)
         n, c, t, v, m = x.shape
         if t < MIN_FRAMES:
-            raise ValueError(f"HCN needs T >= {MIN_FRAMES} frames (four 2x2 pools), got {t}")
+            raise UserError(f"HCN needs T >= {MIN_FRAMES} frames (four 2x2 pools), got {t}")
         x = person_rows(x).reshape(n * m, t, v, c)  # batch row n*M + m
         motion = jnp.einsum("st,btvc->bsvc", motion_resize_matrix(t), x[:, 1:] - x[:, :-1])
         width = self.out_channels

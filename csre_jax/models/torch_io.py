@@ -25,12 +25,13 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
+from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 
 KeyFn = Callable[[str, tuple[str, ...], int], tuple[str, str]]
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank
+from csre_jax.errors import UserError
 from csre_jax.training.state import TrainState, backbone_variables
 from csre_jax.workdir import BEST, RunFolder
 
@@ -141,7 +142,7 @@ def _refit(bank: MemoryBank, template: MemoryBank, sharding: MemoryBank) -> Memo
 
     fitted, fits = jax.jit(refit, out_shardings=(sharding, None))(bank, template)
     if not bool(fits):
-        raise ValueError(
+        raise UserError(
             f"a saved bank ({old_rows} rows) holds other slots than this run's ({new_rows} "
             f"rows): another dataset or split"
         )
@@ -273,7 +274,7 @@ class Checkpointer:
                 continue
             self._set_aside(damaged, step)
             return restored
-        raise ValueError(_none_intact_message(self._folder, damaged))
+        raise UserError(_none_intact_message(self._folder, damaged))
 
     def _restore_step(
         self,
@@ -303,7 +304,7 @@ class Checkpointer:
             abstract.banks[name] = _saved_layout(abstract.banks[name], saved["banks"][name], whole)
         difference = _difference(abstract, saved)
         if difference is not None:
-            raise ValueError(_shape_mismatch_message(directory, difference))
+            raise UserError(_shape_mismatch_message(directory, difference))
         items = {
             "state": ocp.args.StandardRestore(abstract),
             "data": grain.checkpoint.CheckpointRestore(data_iterator),
@@ -318,7 +319,7 @@ class Checkpointer:
                     state.banks[name], target.banks[name], shardings.banks[name]
                 )
         except ValueError as error:
-            raise ValueError(_shape_mismatch_message(directory, error)) from error
+            raise UserError(_shape_mismatch_message(directory, error)) from error
         return state, restored.progress if "progress" in metadata else {}
 
     def _set_aside(self, damaged: list[tuple[int, str]], resumed: int) -> None:
@@ -412,16 +413,16 @@ def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
                 damaged.append((step, str(damage)))
         else:
             if item == "variables":
-                raise ValueError(
+                raise UserError(
                     f"{directory / str(steps[0])}: the best model's checkpoint is damaged "
                     f"({damaged[0][1]}). Score the latest train state instead "
                     f"(eval.py --checkpoint=latest) or train again in a new --workdir."
                 )
-            raise ValueError(_none_intact_message(directory, damaged))
+            raise UserError(_none_intact_message(directory, damaged))
     for bad, reason in damaged:
         logging.warning("%s: %s; using %s", directory / str(bad), reason, directory / str(step))
     if _leaf_shapes(target) != _leaf_shapes(variables):
-        raise ValueError(
+        raise UserError(
             f"{directory / str(step)}: the checkpoint's parameters do not fit the configured "
             f"model (shapes differ, e.g. another dataset, class count or width). Evaluate it "
             f"with the config it was trained with (config.json in its workdir)."

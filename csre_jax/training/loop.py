@@ -32,6 +32,7 @@ from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.csre.objective import bank_names, contrast_config, create_banks
 from csre_jax.data.datasets import Dataset, load_dataset
 from csre_jax.data.pipeline import Split, steps_per_epoch, train_dataset
+from csre_jax.errors import Diverged, UserError
 from csre_jax.evaluate.scoring import (
     EvalStep,
     SplitScores,
@@ -92,7 +93,7 @@ def build_backbone(config: ConfigDict, card: ModelCard) -> nn.Module:
     )
     missing = set(models.extra_inputs(backbone)) - set(card.input_shapes)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"model.name={config.model.name!r} needs the input(s) {sorted(missing)}, which the "
             "data pipeline does not provide: set config.data.keep_joint=True"
         )
@@ -104,7 +105,7 @@ def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
     mesh = sharding.make_mesh(config.num_devices or None)
     for name in ("batch_size", "eval_batch_size"):
         if config.data[name] % mesh.size:
-            raise ValueError(
+            raise UserError(
                 f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
             )
     return mesh
@@ -255,7 +256,7 @@ class _RunningMeans:
         for (step, _, indices), metrics in zip(self._pending, fetched, strict=True):
             bad = [name for name, value in metrics.items() if not np.isfinite(value)]
             if bad:
-                raise FloatingPointError(_divergence_message(step, bad, metrics, split, indices))
+                raise Diverged(_divergence_message(step, bad, metrics, split, indices))
             for name, value in metrics.items():
                 self.sums[name] = self.sums.get(name, 0.0) + float(value)
             self.count += 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 from tensorboardX import SummaryWriter
 
+from csre_jax.errors import Diverged, UserError
 from csre_jax.fileio import atomic_write
 from csre_jax.workdir import RunFolder
 
@@ -59,7 +60,7 @@ class MetricWriter:
     def write(self, kind: str, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             if not math.isfinite(value):
-                raise FloatingPointError(f"{name} is {value} at step {step}: training diverged")
+                raise Diverged(f"{name} is {value} at step {step}: training diverged")
         if self._active:
             record = {"kind": kind, "step": int(step)} | {k: float(v) for k, v in values.items()}
             with self._path.open("a") as f:
@@ -98,7 +99,7 @@ def _parse(path: Path) -> list[tuple[str, dict]]:
         except json.JSONDecodeError as error:
             if number == len(lines):
                 break
-            raise ValueError(
+            raise UserError(
                 f"{path}:{number}: not a JSON record ({error}); delete or repair that line"
             ) from error
     return parsed

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from csre_jax.errors import UserError
+
 
 def epoch_schedule(
     base_lr: float,
@@ -109,7 +111,7 @@ def from_config(
             optim.base_lr, steps_per_epoch=steps_per_epoch, gamma=optim.decay
         )
     else:
-        raise ValueError(f"optim.lr_decay={optim.lr_decay!r}: choose step or exponential")
+        raise UserError(f"optim.lr_decay={optim.lr_decay!r}: choose step or exponential")
     if optim.name == "sgd":
         tx = sgd(
             schedule,
@@ -120,7 +122,7 @@ def from_config(
     elif optim.name == "adam":
         tx = adam(schedule, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(f"optim.name={optim.name!r}: choose sgd or adam")
+        raise UserError(f"optim.name={optim.name!r}: choose sgd or adam")
     if optim.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
     return schedule, skip_absent_gradients(tx)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 from csre_jax.workdir import RunFolder
 
@@ -25,7 +26,7 @@ SAFE_CHANGES = (
 _ABSENT = "<absent>"
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(UserError):
     """The config differs from the saved run's in a setting a resume must not change."""
 
 
