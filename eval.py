@@ -19,7 +19,6 @@ matrix, t-SNE, and with --baseline the classes that gained or lost most).
 
 import functools
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -27,7 +26,8 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from csre_jax.cli import exit_if_bad, parse_flags, start
+from csre_jax import cli
+from csre_jax.cli import exit_if_bad, start
 from csre_jax.data.datasets import load_dataset
 from csre_jax.errors import UserError
 from csre_jax.evaluate.ctrgcn_pickle import save_pickle_scores
@@ -199,15 +199,11 @@ def main(argv):
     start(argv, _CONFIG.value)
     if not (_RUNS.value or _WORKDIR.value):
         raise app.UsageError("pass --runs=<runs or score files> to evaluate, or --workdir=<run>")
-    try:
-        if _RUNS.value:
-            evaluate_and_report()
-        else:
-            score_run(Path(_WORKDIR.value))
-    except (ValueError, FileNotFoundError) as error:
-        sys.stderr.write(f"error: {error}\n")
-        raise SystemExit(1) from error
+    if _RUNS.value:
+        evaluate_and_report()
+    else:
+        score_run(Path(_WORKDIR.value))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -20,10 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from csre_jax.cli import parse_flags, start
+from csre_jax import cli
+from csre_jax.cli import start
 from csre_jax.study import StudyError, plan, report
 from csre_jax.study.variants import parse_variants
 from csre_jax.training.interrupts import Stopped
@@ -97,4 +98,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -47,8 +47,11 @@ def test_npy_folder_and_label_table(tmp_path, capsys):
         )  # fmt: skip
     assert load_dataset(custom_data(out, "coco")).input_shapes() == {"x": (3, 16, 17, 2)}
     (tmp_path / "clip002.npy").unlink()
-    assert convert.main(argv) == 1
-    assert "clip002.npy does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as failed:
+        convert.main(argv)
+    assert failed.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and line.endswith("clip002.npy does not exist")
 
 
 def test_write_annotations_checks_before_writing(tmp_path):

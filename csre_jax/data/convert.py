@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax.cli import user_errors
 from csre_jax.data import pyskl, ucla
 from csre_jax.data.datasets import npz_member_memmap
 from csre_jax.data.transforms import ntu_row_to_sample, valid_frame_count
@@ -110,11 +111,15 @@ def ntu_annotations(split_file: Path) -> tuple[Samples, Splits]:
     """The samples and splits of one of our NTU split files (NTU60_CS.npz, ...)."""
     samples, splits = [], {}
     for split in ("train", "test"):
-        with np.load(split_file) as npz:
-            if f"y_{split}" not in npz.files:
-                raise UserError(f"{split_file}: no y_{split}; is it an NTU split file?")
-            labels = np.argmax(npz[f"y_{split}"], axis=1)
-        rows = npz_member_memmap(split_file, f"x_{split}")
+        try:
+            with np.load(split_file) as npz:
+                labels = np.argmax(npz[f"y_{split}"], axis=1)
+            rows = npz_member_memmap(split_file, f"x_{split}")
+        except (KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise UserError(
+                f"{split_file}: not one of our NTU split files ({type(e).__name__}: {e}); "
+                "give a file written by python -m csre_jax.data.ntu_prepare"
+            ) from e
         names = splits.setdefault(split, [])
         for position, (row, label) in enumerate(zip(rows, labels, strict=True)):
             sample = ntu_row_to_sample(row)  # (3, T, 25, 2)
@@ -169,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources.add_parser("ucla", help="NW-UCLA's all_sqe clips").add_argument("root", type=Path)
     for sub in sources.choices.values():
         sub.add_argument("--out", type=Path, required=True, help="the .pkl to write")
+        sub.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
-    try:
+    with user_errors(args.verbose):
         if args.source == "npy":
             samples, splits = npy_annotations(
                 args.folder,
@@ -184,9 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             samples, splits = ucla_annotations(args.root)
         write_annotations(args.out, samples, splits)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     sizes = ", ".join(f"{name} {len(dirs)}" for name, dirs in splits.items())
     print(f"wrote {args.out}: {len(samples)} samples ({sizes})")
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from csre_jax.cli import user_errors
 from csre_jax.data.ntu_raw import RawSkeleton, read_skeleton
 from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
@@ -290,6 +291,11 @@ def prepare(dataset: str, raw_dirs: Sequence[Path], out: Path, workers: int = 2)
     """Runs the whole preparation; returns (and writes to OUT/report.json) what happened."""
     benchmarks, num_classes, prefix, last_setup = DATASETS[dataset]
     out = Path(out)
+    absent = [str(d) for d in raw_dirs if not Path(d).is_dir()]
+    if absent:
+        raise UserError(
+            f"--raw={absent[0]}: no such folder; name the folder of the .skeleton files"
+        )
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     files = _find_files(raw_dirs, last_setup)
@@ -306,7 +312,11 @@ def prepare(dataset: str, raw_dirs: Sequence[Path], out: Path, workers: int = 2)
                 errors[name] = error
     names = [name for name in names if name not in errors]
     if not names:
-        raise SystemExit(f"no usable .skeleton files under {[str(d) for d in raw_dirs]}")
+        raise UserError(
+            f"--raw={','.join(map(str, raw_dirs))}: no usable .skeleton files there "
+            f"({len(files)} found, {len(skipped)} on the missing-skeleton list, {len(errors)} "
+            "corrupt); name the folder(s) holding NTU's raw .skeleton files"
+        )
     repaired = {}
     frames = []
     for name in names:
@@ -349,8 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, action="append", required=True, help="raw folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
-    report = prepare(args.dataset, args.raw, args.out, args.workers)
+    with user_errors(args.verbose):
+        report = prepare(args.dataset, args.raw, args.out, args.workers)
     print(
         f"{report['samples']} samples (T_max {report['t_max']}): {report['processed']} processed, "
         f"{report['from_cache']} from cache, {len(report['repaired'])} repaired, "
