@@ -32,7 +32,10 @@ Pair = tuple[int, int]
 class Layout:
     """A skeleton's joints and connections, 0-based; hashable, so modules can hold it.
 
-    edges are (child, parent) pairs pointing towards the centre. parts is a group id per
+    edges are (child, parent) pairs pointing towards the centre: a joint has one parent, or
+    a second one no farther from the centre where an edge closes a loop (a brace across the
+    skeleton); a second parent farther out is a pair written backwards and is refused.
+    parts is a group id per
     joint or None (then `joint_groups` derives them). bone_pairs is None for the default
     bones: each joint minus its parent on the tree grown from the centre, the centre minus
     itself (the official NTU and NW-UCLA bones are exactly these).
@@ -137,13 +140,34 @@ def _validate(layout: Layout) -> None:
     if len(set(flipped)) != len(flipped):
         fail("flip_pairs", "names a joint twice", "each joint has at most one mirror partner")
     parents = tree_parents(layout)
-    unreached = [layout.joints[j] for j in range(v) if parents[j] < 0]
+    names, centre = layout.joints, layout.joints[layout.centre]
+    unreached = [names[j] for j in range(v) if parents[j] < 0]
     if unreached:
         fail(
             "edges",
-            f"do not connect {unreached} to the centre {layout.joints[layout.centre]!r}",
+            f"do not connect {unreached} to the centre {centre!r}",
             "add the edges that attach them: the skeleton must be one connected graph",
         )
+    depth = [_depth(parents, j) for j in range(v)]
+    first_parent: dict[int, int] = {}
+    for child, parent in layout.edges:
+        other = first_parent.setdefault(child, parent)
+        outward = [p for p in (other, parent) if depth[p] > depth[child]]
+        if other != parent and outward:
+            fail(
+                "edges",
+                f"give joint {names[child]!r} two parents, {names[other]!r} and {names[parent]!r}",
+                f"write each edge as [child, parent] with the parent towards the centre "
+                f"{centre!r}: here [{names[outward[0]]!r}, {names[child]!r}]",
+            )
+
+
+def _depth(parents: tuple[int, ...], joint: int) -> int:
+    """The joint's hops from the centre on the tree of `tree_parents`."""
+    hops = 0
+    while parents[joint] != joint:
+        joint, hops = parents[joint], hops + 1
+    return hops
 
 
 # The built-in layouts. NTU and NW-UCLA pairs are the official 1-based lists, converted.

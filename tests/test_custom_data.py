@@ -128,6 +128,7 @@ def test_trains_with_csre_then_predicts(model, data, files, tmp_path, compiled_t
     predictions = predictor.predict(keypoints, scores, img_shapes)
     saved = load_scores(run.test_scores)
     np.testing.assert_array_equal(saved.labels, labels)
+    np.testing.assert_array_equal(saved.sample_names, pyskl.read(path)["split"]["test"])
     np.testing.assert_allclose(predictions.probabilities, _softmax(saved.logits), atol=1e-6)
     assert predictions.class_names == predictor.card.class_names
     assert len(predictions.top(2)) == len(labels)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from csre_jax.data import transforms
-from csre_jax.layouts import BUILTIN_LAYOUTS, load_layout
+from csre_jax.layouts import BUILTIN_LAYOUTS, load_layout, tree_parents
 
 ARM = {
     "name": "arm",
@@ -72,13 +72,34 @@ def test_builtin_part_groups_cover_every_joint():
             "repeats a name",
         ),
         ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+        (
+            {"edges": [["elbow", "shoulder"], ["elbow", "wrist"], ["hand", "wrist"], [4, 0]]},
+            r"field 'edges' give joint 'elbow' two parents, 'shoulder' and 'wrist'; write each "
+            r"edge as \[child, parent\] .* centre 'shoulder': here \['wrist', 'elbow'\]$",
+        ),
     ],
 )
 def test_broken_layout_names_the_file_and_field(tmp_path, change, message):
     path = _write(tmp_path, ARM | change)
     with pytest.raises(ValueError, match=message) as error:
         load_layout(path)
-    assert str(error.value).startswith(path)
+    assert str(error.value).startswith(path) and "\n" not in str(error.value)
+
+
+def test_builtin_edges_give_each_joint_its_one_parent():
+    for layout in BUILTIN_LAYOUTS.values():
+        parents = tree_parents(layout)
+        assert all(parents[child] == parent for child, parent in layout.edges), layout.name
+        assert (
+            len({child for child, _ in layout.edges}) == len(layout.edges) == layout.num_joints - 1
+        )
+
+
+def test_a_brace_closing_a_loop_may_give_a_second_parent(tmp_path):
+    """wrist - other_shoulder closes the loop shoulder - elbow - wrist - other_shoulder:
+    both of the wrist's parents are one hop from the centre, nearer than the wrist."""
+    layout = load_layout(_write(tmp_path, ARM | {"edges": [*ARM["edges"], ["wrist", 4]]}))
+    assert layout.bone_partners() == (0, 0, 1, 2, 0)
 
 
 def test_unknown_name_lists_the_built_ins():

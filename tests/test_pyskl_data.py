@@ -1,5 +1,6 @@
 """Custom data from pyskl annotation pickles: shapes, the deterministic test path shared with
-inference, pyskl's preprocessing, augmentation, person selection and every refused input."""
+inference, pyskl's preprocessing, augmentation, person selection, every refused input, the
+warnings about leaks between the splits, and score files that name the samples."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,10 @@ from configs import ctrgcn
 from csre_jax.data import pyskl
 from csre_jax.data.datasets import load_dataset
 from csre_jax.data.pipeline import eval_batches, train_dataset
+from csre_jax.evaluate import scoring
+from csre_jax.evaluate.scores import ensemble, load_scores, save_scores
 from csre_jax.layouts import BUILTIN_LAYOUTS, load_layout
+from csre_jax.workdir import val_scores_path
 from tests import pyskl_files as files
 
 
@@ -283,3 +287,64 @@ def test_missing_path_and_wrong_coords_are_named(coco):
         load_dataset(config.data)
     with pytest.raises(ValueError, match="data.coords=0"):
         pyskl.inference_transform(ctrgcn.get_config("custom").data)
+
+
+def test_a_sample_in_both_splits_is_refused(tmp_path):
+    annotations = files.coco_annotations()
+    splits = files.halves(annotations)
+    splits["test"] += ["clip005", "clip002"]
+    path = files.write_pickle(tmp_path / "leak.pkl", annotations, splits)
+    with pytest.raises(ValueError) as error:
+        load_dataset(custom_config(path).data)
+    message = str(error.value)
+    assert message.startswith(f"{path}: field 'split': 2 frame_dir(s) are in both"), message
+    assert "split 'train' (data.train_split) and split 'test' (data.test_split)" in message
+    assert "first 'clip002', 'clip005'; " in message and "in one split only" in message
+    assert "\n" not in message
+
+
+def test_copied_keypoints_and_classes_without_training_samples_are_warned(tmp_path, capsys):
+    annotations = files.coco_annotations()
+    load_dataset(custom_config(files.coco_file(tmp_path)).data)
+    assert capsys.readouterr().err == ""
+    for test, train in ((9, 1), (10, 2)):  # a copy, and one that differs in its last frame
+        for field in ("keypoint", "keypoint_score", "total_frames"):
+            annotations[test][field] = np.copy(annotations[train][field])
+    annotations[10]["keypoint"][:, -1] += 1
+    annotations[11]["label"] = 3  # only in the test split
+    path = files.write_pickle(tmp_path / "copies.pkl", annotations, files.halves(annotations))
+    load_dataset(custom_config(path).data)
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 2, warned
+    copies, unseen = warned
+    assert copies.startswith(f"warning: {path}: field 'keypoint': 1 sample(s) of split 'test'")
+    assert "first 'clip009' = 'clip001';" in copies
+    assert unseen.startswith(f"warning: {path}: field 'label': 1 class(es) of split 'test'")
+    assert "no sample in split 'train', first [3];" in unseen
+
+
+def test_score_files_of_custom_data_name_their_samples(coco, tmp_path):
+    config = custom_config(coco)
+    config.data.val_fraction = 0.25
+    dataset = load_dataset(config.data)
+    splits = pyskl.read(coco)["split"]
+
+    def scores(split):
+        logits = np.eye(3, dtype=np.float32)[split.labels]
+        return scoring.SplitScores(logits, np.zeros((len(split), 4)), 100.0, 100.0)
+
+    test_path = tmp_path / "test_scores.npz"
+    val = scores(dataset.val)
+    scoring.write_score_files(test_path, {}, dataset, scores(dataset.test), val)
+    tested, validated = load_scores(test_path), load_scores(val_scores_path(test_path))
+    np.testing.assert_array_equal(tested.sample_names, splits["test"])
+    np.testing.assert_array_equal(tested.sample_ids, np.arange(len(dataset.test)))
+    np.testing.assert_array_equal(
+        validated.sample_names, np.array(splits["train"])[validated.sample_ids]
+    )
+    assert tested.sample_names.dtype.kind == "U"
+    fused = ensemble([test_path, test_path], [1.0, 1.0])
+    np.testing.assert_array_equal(fused.sample_names, splits["test"])
+    old = tmp_path / "old_scores.npz"  # written before names were saved
+    save_scores(old, val.logits, dataset.val.labels, {})
+    assert load_scores(old).sample_names is None

@@ -29,7 +29,9 @@ class Dataset:
     """layout is the skeleton the backbone's graph is built for. val (with data.val_fraction
     > 0) is held out of the training data; val_ids are its samples' positions in the full
     training list of full_train_size samples (NW-UCLA: clips before the repeat), the same for
-    every stream. class_names (custom data only, optional) name the labels in order."""
+    every stream. class_names (custom data only, optional) name the labels in order.
+    train_names and test_names (custom data only) are the samples' frame_dirs, in the order
+    of the full training list and of the test split, so score files can name their rows."""
 
     train: Split
     test: Split
@@ -40,6 +42,17 @@ class Dataset:
     val_ids: np.ndarray | None = None
     full_train_size: int = 0
     class_names: tuple[str, ...] | None = None
+    train_names: np.ndarray | None = None
+    test_names: np.ndarray | None = None
+
+    def sample_names(self, split: str = "test") -> np.ndarray | None:
+        """The frame_dirs of the test split's or the validation ('val') split's samples, in
+        order; None where the dataset has no names."""
+        if split == "test":
+            return self.test_names
+        if self.train_names is None or self.val_ids is None:
+            return None
+        return self.train_names[self.val_ids]
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one sample's model inputs: {'x': (C, T, V, M)} plus any extra ('joint')."""
@@ -229,18 +242,28 @@ def _custom(data: ConfigDict) -> Dataset:
         train_transform=sample_transform(data, train=True),
         test_transform=sample_transform(data, train=False),
         class_names=loaded.class_names,
+        train_names=loaded.train_names,
+        test_names=loaded.test_names,
     )
     return _with_validation(dataset, loaded.train, data)
 
 
 def npz_split(path: Path, split: str, num_classes: int) -> Split:
     """x_<split> memory-mapped (split files are tens of GB), one-hot y_<split> decoded."""
-    with np.load(path) as npz:
-        missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
-        if missing:
-            raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
-        labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
-    return Split(npz_member_memmap(path, f"x_{split}"), labels, num_classes)
+    try:
+        with np.load(path) as npz:
+            missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
+            if missing:
+                raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
+            labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
+        return Split(npz_member_memmap(path, f"x_{split}"), labels, num_classes)
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:  # truncated or not an .npz
+        if isinstance(error, UserError):
+            raise
+        raise UserError(
+            f"{path}: not a readable split file ({type(error).__name__}: {error}); prepare it "
+            "again with python -m csre_jax.data.ntu_prepare (README, 'Datasets')"
+        ) from error
 
 
 def npz_member_memmap(path: Path, key: str) -> np.ndarray:

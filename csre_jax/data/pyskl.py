@@ -10,8 +10,11 @@ writes it from other formats):
 
 `load` checks the whole file before training in one pass that copies no keypoint array
 (tens of microseconds a sample: 100,000 samples take seconds); every error names the file,
-the sample's frame_dir, the field and the fix. The splits then read the annotations lazily:
-the keypoints stay as loaded, one copy in memory, and each sample is converted when drawn.
+the sample's frame_dir, the field and the fix. It refuses a frame_dir listed in both the
+training and the test split, and warns (on stderr) about test samples whose keypoints repeat
+a training sample's byte for byte and about classes that have no training sample. The splits
+then read the annotations lazily: the keypoints stay as loaded, one copy in memory, and each
+sample is converted when drawn.
 
 Per sample, in this order (pyskl's GCN pipelines: PreNormalize2D/3D, UniformSampleFrames,
 FormatGCNInput), train and test alike unless marked:
@@ -50,7 +53,9 @@ FormatGCNInput), train and test alike unless marked:
 """
 
 import dataclasses
+import hashlib
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -325,11 +330,14 @@ def inference_transform(data: ConfigDict) -> KeypointTransform:
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-    """A checked file's splits (lazy over its annotations) and class names (or None)."""
+    """A checked file's splits (lazy over its annotations), their samples' frame_dirs in split
+    order (score files name the samples by them) and the class names (or None)."""
 
     train: Split
     test: Split
     class_names: tuple[str, ...] | None
+    train_names: np.ndarray
+    test_names: np.ndarray
 
 
 def load(data: ConfigDict) -> Loaded:
@@ -358,12 +366,19 @@ def load(data: ConfigDict) -> Loaded:
     spec = input_spec(data)
     everything = Split(_Packed(content["annotations"], spec), checked.labels, checked.num_classes)
     train, test = (
-        everything.subset(
-            split_positions(content, str(path), checked.positions, data[field], field)
-        )
+        split_positions(content, str(path), checked.positions, data[field], field)
         for field in ("train_split", "test_split")
     )
-    return Loaded(train, test, _class_names(data.get("class_names", ""), checked.num_classes))
+    names = (data.train_split, data.test_split)
+    check_splits(content, str(path), checked.labels, names, train, test)
+    frame_dirs = np.array([a["frame_dir"] for a in content["annotations"]], str)
+    return Loaded(
+        everything.subset(train),
+        everything.subset(test),
+        _class_names(data.get("class_names", ""), checked.num_classes),
+        frame_dirs[train],
+        frame_dirs[test],
+    )
 
 
 def read(path: Path) -> dict:
@@ -371,11 +386,11 @@ def read(path: Path) -> dict:
     own files)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} (config field data.path) does not exist")
-    try:
-        with path.open("rb") as f:
+    with path.open("rb") as f:
+        try:
             content = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+        except Exception as e:  # bytes that are no pickle fail in any of a dozen ways
+            raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
     if not isinstance(content, dict) or not {"split", "annotations"} <= content.keys():
         raise UserError(
             f"{path}: expected a dict with fields 'split' and 'annotations' (pyskl's format); "
@@ -510,6 +525,72 @@ def split_positions(
             "list only frame_dirs of the annotations"
         )
     return index
+
+
+def check_splits(
+    content: dict,
+    source: str,
+    labels: np.ndarray,
+    names: tuple[str, str],
+    train: np.ndarray,
+    test: np.ndarray,
+) -> None:
+    """Refuses a sample in both the training and the test split (named `names`, at these
+    annotation positions): its test score would be of a sample the model trained on. Warns
+    about the subtler leak and the gap: test keypoints equal to a training sample's under
+    another frame_dir, and classes that the test split has but the training split lacks."""
+    annotations = content["annotations"]
+    both = np.intersect1d(train, test)
+    if both.size:
+        first = ", ".join(repr(annotations[i]["frame_dir"]) for i in both[:3])
+        raise UserError(
+            f"{source}: field 'split': {both.size} frame_dir(s) are in both split {names[0]!r} "
+            f"(data.train_split) and split {names[1]!r} (data.test_split), first {first}; "
+            "the model would be tested on samples it trained on: list each frame_dir in one "
+            "split only"
+        )
+    copies = _same_keypoints(annotations, train, test)
+    if copies:
+        pairs = ", ".join(
+            f"{annotations[j]['frame_dir']!r} = {annotations[i]['frame_dir']!r}"
+            for j, i in copies[:3]
+        )
+        _warn(
+            f"{source}: field 'keypoint': {len(copies)} sample(s) of split {names[1]!r} hold "
+            f"the same keypoints as one of split {names[0]!r} under another frame_dir, first "
+            f"{pairs}; their test scores are of samples the model trained on: drop the copies "
+            "or keep each recording in one split"
+        )
+    unseen = np.setdiff1d(labels[test], labels[train])
+    if unseen.size:
+        _warn(
+            f"{source}: field 'label': {unseen.size} class(es) of split {names[1]!r} have no "
+            f"sample in split {names[0]!r}, first {unseen[:10].tolist()}; the model cannot "
+            "learn them: move some of their samples into the training split"
+        )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _same_keypoints(annotations: list[dict], train: np.ndarray, test: np.ndarray):
+    """(test, train) annotation positions whose keypoint arrays are byte for byte equal. The
+    first frame's hash picks the candidates and only they are hashed whole, so a big file
+    costs little more than its first frames."""
+
+    def digest(i: int, whole: bool) -> tuple:
+        keypoint = annotations[i]["keypoint"]
+        part = np.ascontiguousarray(keypoint if whole else keypoint[:, :1])
+        return keypoint.dtype.str, keypoint.shape, hashlib.blake2b(part).digest()
+
+    by_start: dict[tuple, list[int]] = {}
+    for i in train:
+        by_start.setdefault(digest(i, whole=False), []).append(i)
+    candidates = [(j, by_start[d]) for j in test if (d := digest(j, whole=False)) in by_start]
+    near = sorted({i for _, group in candidates for i in group}, reverse=True)
+    whole = {digest(i, whole=True): i for i in near}  # the first of equal ones wins
+    return [(j, whole[d]) for j, _ in candidates if (d := digest(j, whole=True)) in whole]
 
 
 def _class_names(path: str, num_classes: int) -> tuple[str, ...] | None:

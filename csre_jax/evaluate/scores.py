@@ -3,9 +3,10 @@
 A score file is an .npz with 'logits' (N, num_classes) float32, 'labels' (N,) int32 and
 'sample_ids' (N,) int64 (the sample's index in its split: the test split, or for validation
 scores the full training split the samples were held out of), optionally 'features'
-(N, C) float32 (the backbone's pooled features, for t-SNE), plus JSON metadata. Loaded, it is
-a ScoreFile. Two score files belong to the same evaluation set only if their labels and
-sample ids agree.
+(N, C) float32 (the backbone's pooled features, for t-SNE) and 'sample_names' (N,) str (custom
+data: each sample's frame_dir; a str array, so no pickle is needed to read it), plus JSON
+metadata. Loaded, it is a ScoreFile. Two score files belong to the same evaluation set only
+if their labels and sample ids agree.
 """
 
 import dataclasses
@@ -34,8 +35,10 @@ class ValidationSplit:
 class ScoreFile:
     """One loaded score file: ours (.npz), a CTR-GCN pickle, or a fused ensemble's scores.
 
-    Row i of logits, labels, sample_ids (and features) is one sample. metadata is what the
-    file says about itself ('stream', 'split', 'dataset', 'model', ...; empty if nothing)."""
+    Row i of logits, labels, sample_ids (and features, sample_names) is one sample. metadata
+    is what the file says about itself ('stream', 'split', 'dataset', 'model', ...; empty if
+    nothing). sample_names are the samples' frame_dirs (custom data), None where the file has
+    none (other datasets, files written before names were saved)."""
 
     logits: np.ndarray
     labels: np.ndarray
@@ -45,6 +48,7 @@ class ScoreFile:
     features: np.ndarray | None = None
     # Validation scores of a run folder that recorded its held-out split: that record.
     validation_split: ValidationSplit | None = None
+    sample_names: np.ndarray | None = None
 
     def __post_init__(self):
         check_finite(
@@ -89,6 +93,7 @@ def save_scores(
     *,
     sample_ids: np.ndarray | None = None,
     features: np.ndarray | None = None,
+    sample_names: np.ndarray | None = None,
 ) -> None:
     """Writes atomically: a crash never leaves half a file. sample_ids default to 0..N-1."""
     arrays = {
@@ -101,6 +106,8 @@ def save_scores(
     }
     if features is not None:
         arrays["features"] = np.asarray(features, np.float32)
+    if sample_names is not None:
+        arrays["sample_names"] = np.asarray(sample_names, str)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -124,6 +131,7 @@ def load_scores(path: Path) -> ScoreFile:
             path=str(path),
             metadata=json.loads(str(f["metadata"])) if "metadata" in f.files else {},
             features=f["features"] if "features" in f.files else None,
+            sample_names=f["sample_names"] if "sample_names" in f.files else None,
         )
 
 
@@ -162,6 +170,7 @@ def ensemble(runs: Sequence[ScoreFile | Path], weights: Sequence[float]) -> Scor
         logits=fused,
         labels=runs[0].labels,
         sample_ids=runs[0].sample_ids,
+        sample_names=runs[0].sample_names,
         path=" + ".join(run.path for run in runs),
         metadata={"members": [run.path for run in runs], "weights": [float(w) for w in weights]},
     )

@@ -138,7 +138,8 @@ def write_score_files(
     val: SplitScores | None = None,
 ) -> None:
     """The test score file and, for a held-out validation split, its validation score file
-    beside it (workdir.val_scores_path); process 0 writes."""
+    beside it (workdir.val_scores_path), with the samples' names where the dataset has them
+    (custom data); process 0 writes."""
     if jax.process_index() != 0:
         return
     save_scores(
@@ -147,6 +148,7 @@ def write_score_files(
         dataset.test.labels,
         metadata | {"split": "test", "top1": test.top1},
         features=test.pooled_features,
+        sample_names=dataset.sample_names("test"),
     )
     if val is not None:
         save_scores(
@@ -155,4 +157,5 @@ def write_score_files(
             dataset.val.labels,
             metadata | {"split": "val", "top1": val.top1},
             sample_ids=dataset.val_ids,
+            sample_names=dataset.sample_names("val"),
         )
