@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from configs import hcn, synthetic
+from csre_jax.errors import UserError
+from csre_jax.evaluate import figures
+from csre_jax.evaluate.class_names import class_names
 from csre_jax.evaluate.ensembles import evaluate_runs
 from csre_jax.evaluate.reports import (
     compare,
@@ -23,7 +26,10 @@ from csre_jax.evaluate.reports import (
 )
 from csre_jax.evaluate.runs import load_runs
 from csre_jax.evaluate.scores import ScoreFile, save_scores
+from csre_jax.layouts import load_layout
+from csre_jax.model_card import ModelCard
 from csre_jax.training import loop
+from csre_jax.workdir import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -118,6 +124,60 @@ def test_report_files_from_constructed_scores(tmp_path):
     assert "| 2-stream (J+B) |" in markdown and "### Classes that gained most" in markdown
     assert "published default (CTR-GCN ensemble.py, J + 1.0·B)" in markdown
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _custom_run(root: Path, stream: str, names: tuple[str, ...]) -> str:
+    """A run folder of custom data: test scores with features, and the model card that
+    training writes, naming the classes as data.class_names did."""
+    rng = np.random.default_rng(len(stream))
+    labels = np.repeat(np.arange(len(names)), 8)
+    logits = rng.normal(size=(len(labels), len(names))) + 2 * np.eye(len(names))[labels]
+    run = RunFolder(root)
+    run.test_scores.parent.mkdir(parents=True)
+    metadata = {"dataset": "custom", "stream": stream, "model": "hcn"}
+    features = rng.normal(size=(len(labels), 4)) + np.eye(len(names), 4)[labels]
+    save_scores(run.test_scores, logits, labels, metadata, features=features)
+    ModelCard(load_layout("coco"), {"x": (3, 16, 17, 1)}, names).save(run.model_card)
+    return str(root)
+
+
+def _report_of(folder: Path, runs: list[str], monkeypatch) -> tuple[dict, dict]:
+    """write_report of the runs, and each figure it drew (file name -> matplotlib Figure)."""
+    drawn = {}
+    monkeypatch.setattr(figures, "save_png", lambda figure, path: drawn.update({path.name: figure}))
+    tests, _ = load_runs(runs)
+    return write_report(folder, evaluate_runs(tests), max_tsne_points=24), drawn
+
+
+def test_report_names_classes_as_the_run_folders_model_cards(tmp_path, monkeypatch):
+    names = ("wave|hello", "clap", "jump")
+    runs = [_custom_run(tmp_path / s, s, names) for s in ("joint", "bone")]
+    report, drawn = _report_of(tmp_path, runs, monkeypatch)
+    assert report["analysed"] == "2-stream (J+B)"
+    assert [row["class"] for row in report["per_class"]] == list(names)
+    assert report["confusion"]["classes"] == list(names)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| 0 | wave\\|hello | 8 |" in markdown and "| 2 | jump | 8 |" in markdown
+    confusion = drawn["confusion.png"].axes[0]
+    assert [t.get_text() for t in confusion.get_xticklabels()] == list(names)
+    assert [t.get_text() for t in confusion.get_yticklabels()] == list(names)
+    legend = drawn["tsne.png"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == list(names)
+
+    # a card of numbered classes (custom data without data.class_names) names none
+    numbered = tuple(class_names("custom", 3))
+    assert numbered == ("class 0", "class 1", "class 2")
+    runs[1] = _custom_run(tmp_path / "unnamed", "bone", numbered)
+    report, _ = _report_of(tmp_path, runs, monkeypatch)
+    assert report["confusion"]["classes"] == list(names)
+    report, _ = _report_of(tmp_path, runs[1:], monkeypatch)
+    assert report["confusion"]["classes"] == list(numbered)
+    assert class_names("custom", 60)[0] == "class 0"  # not NTU's, though 60 classes
+
+    # runs whose cards name the classes differently are not one report
+    runs[1] = _custom_run(tmp_path / "other", "bone", ("wave|hello", "clap", "squat"))
+    with pytest.raises(UserError, match=r"name the classes differently \(label 2: 'jump' vs"):
+        _report_of(tmp_path, runs, monkeypatch)
 
 
 def _train(workdir: Path, stream: str) -> None:

@@ -54,12 +54,18 @@ UCLA = (
 _BY_DATASET = {"ntu60": NTU60, "ntu120": NTU120, "ucla": UCLA, "synthetic": synthetic.CLASS_NAMES}
 
 
+def numbered(num_classes: int) -> list[str]:
+    """The names of labels that nothing names."""
+    return [f"class {i}" for i in range(num_classes)]
+
+
 def class_names(dataset: str | None, num_classes: int) -> list[str]:
     """The dataset's names for labels 0..num_classes-1; NTU by class count when the dataset
-    is unknown (e.g. a CTR-GCN pickle), "class <i>" when nothing fits."""
+    is unknown (e.g. a CTR-GCN pickle), never for custom data (60 classes of one's own are not
+    NTU's); "class <i>" when nothing fits."""
     names = _BY_DATASET.get(dataset or "")
-    if names is None:
-        names = {60: NTU60, 120: NTU120}.get(num_classes, ())
-    if len(names) < num_classes:
-        return [f"class {i}" for i in range(num_classes)]
+    if names is None and dataset != "custom":
+        names = {60: NTU60, 120: NTU120}.get(num_classes)
+    if names is None or len(names) < num_classes:
+        return numbered(num_classes)
     return list(names[:num_classes])

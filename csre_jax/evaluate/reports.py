@@ -1,18 +1,21 @@
 """Which classes an evaluation gets right: per-class accuracy, the paper's difficulty levels,
 the most confused pairs and, against a baseline (e.g. the same backbone without CSRE), which
 classes gained or lost; written as report.json, report.md and PNG figures, with the training
-curves of the runs that are run folders."""
+curves of the runs that are run folders. Classes are named by the runs' model cards (a custom
+dataset's data.class_names), else by the dataset's known names."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 
+from csre_jax.errors import UserError
 from csre_jax.evaluate import figures
-from csre_jax.evaluate.class_names import class_names
+from csre_jax.evaluate.class_names import class_names, numbered
 from csre_jax.evaluate.ensembles import SHORT_NAMES, Result, RunsEvaluation
 from csre_jax.evaluate.scores import ScoreFile, check_same_samples
 from csre_jax.fileio import atomic_write
+from csre_jax.model_card import ModelCard
 from csre_jax.training.metrics import read_metrics
 from csre_jax.workdir import RunFolder
 
@@ -121,30 +124,69 @@ def _tsne_source(evaluation: RunsEvaluation) -> Result | None:
 
 
 def _run_folder(result: Result) -> RunFolder | None:
-    """The run folder whose scores/ holds this run's score file, when it logged metrics."""
+    """The run folder whose scores/ holds this run's score file."""
     if not result.path:
         return None
     score_file = Path(result.path)
     run = RunFolder(score_file.parent.parent)
-    return run if score_file.parent == run.test_scores.parent and run.metrics.is_file() else None
+    return run if score_file.parent == run.test_scores.parent else None
+
+
+def _run_folders(*evaluations: RunsEvaluation | None) -> list[RunFolder]:
+    """The run folders of every evaluated run (a baseline's too), each once."""
+    found = {}
+    for evaluation in filter(None, evaluations):
+        for run in filter(None, map(_run_folder, evaluation.runs)):
+            found.setdefault(run.root, run)
+    return list(found.values())
 
 
 def _training_curves(*evaluations: RunsEvaluation | None) -> dict[str, list[dict]]:
-    """Run folder -> its metrics.jsonl records, for every evaluated run that is a run folder
-    (a baseline's too; each folder once)."""
-    curves = {}
-    for evaluation in filter(None, evaluations):
-        for run in filter(None, map(_run_folder, evaluation.runs)):
-            if str(run.root) not in curves:
-                curves[str(run.root)] = read_metrics(run.root)
-    return curves
+    """Run folder -> its metrics.jsonl records, for every evaluated run folder that has one."""
+    return {
+        str(run.root): read_metrics(run.root)
+        for run in _run_folders(*evaluations)
+        if run.metrics.is_file()
+    }
+
+
+def _report_class_names(
+    evaluation: RunsEvaluation, baseline: RunsEvaluation | None = None
+) -> list[str]:
+    """The names the run folders' model cards hold (a card of numbered classes names none),
+    else the dataset's known names, else "class <i>". Every card must agree: one name list
+    labels the ensembles and the comparison with the baseline."""
+    num_classes = evaluation.main.logits.shape[1]
+    first = None  # (card, its names)
+    for run in _run_folders(evaluation, baseline):
+        card = run.model_card
+        if not card.is_file():
+            continue
+        names = list(ModelCard.load(card).class_names)
+        if names == numbered(len(names)):
+            continue
+        if len(names) != num_classes:
+            raise UserError(
+                f"{card}: names {len(names)} classes but the scores have {num_classes}, so "
+                f"they are not this run's; rescore it (python eval.py --workdir={run.root})"
+            )
+        if first is None:
+            first = card, names
+        elif names != first[1]:
+            label = next(i for i, (a, b) in enumerate(zip(names, first[1], strict=True)) if a != b)
+            raise UserError(
+                f"{first[0]} and {card} name the classes differently (label {label}: "
+                f"{first[1][label]!r} vs {names[label]!r}); evaluate together only runs "
+                "trained with the same data.class_names file"
+            )
+    return first[1] if first else class_names(evaluation.dataset, num_classes)
 
 
 def build_report(evaluation: RunsEvaluation, baseline: RunsEvaluation | None = None, top: int = 10):
     """The report as a JSON-ready dict, plus the arrays the figures need."""
     main = evaluation.main
     labels = evaluation.labels
-    names = class_names(evaluation.dataset, main.logits.shape[1])
+    names = _report_class_names(evaluation, baseline)
     accuracy, counts = per_class_accuracy(main.logits, labels)
     levels = difficulty_levels(accuracy)
     confusion = confusion_matrix(main.logits, labels)
@@ -232,6 +274,11 @@ def write_report(
     return report
 
 
+def _cell(name: str) -> str:
+    """A class name in a Markdown table: a custom name's '|' would split the cell."""
+    return name.replace("|", "\\|")
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -289,7 +336,7 @@ def markdown(report: dict) -> str:
     ]
     for pair in report["most_confused"]:
         out.append(
-            f"| {pair['true']} | {pair['predicted']} | {pair['count']} | "
+            f"| {_cell(pair['true'])} | {_cell(pair['predicted'])} | {pair['count']} | "
             f"{pair['share_of_true_class']:.1f} |"
         )
     out += [
@@ -301,8 +348,8 @@ def markdown(report: dict) -> str:
     ]
     for row in report["per_class"]:
         out.append(
-            f"| {row['label']} | {row['class']} | {row['samples']} | {_pct(row['accuracy'])} "
-            f"| {row['level']} |"
+            f"| {row['label']} | {_cell(row['class'])} | {row['samples']} | "
+            f"{_pct(row['accuracy'])} | {row['level']} |"
         )
     out += ["", "## Figures", ""]
     out += [f"![{name}]({file})" for name, file in report["figures"].items()]
@@ -355,7 +402,8 @@ def _comparison_md(report: dict) -> list[str]:
             "|---|---|---|---|",
         ]
         out += [
-            f"| {r['class']} | {r['baseline']:.2f} | {r['accuracy']:.2f} | {r['delta']:+.2f} |"
+            f"| {_cell(r['class'])} | {r['baseline']:.2f} | {r['accuracy']:.2f} | "
+            f"{r['delta']:+.2f} |"
             for r in rows
         ]
     return out
