@@ -12,13 +12,12 @@ On a cluster, start one process per host (or per GPU) with the same flags; see R
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from csre_jax.cli import parse_flags, start
+from csre_jax import cli
 from csre_jax.training.interrupts import Stopped
 from csre_jax.training.loop import train_and_evaluate
-from csre_jax.training.run_record import ResumeRefused
 from csre_jax.training.selection import describe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
@@ -26,15 +25,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 
 
 def main(argv):
-    start(argv, _CONFIG.value)
+    cli.start(argv, _CONFIG.value)
     try:
         summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Stopped as stop:  # a signal: the checkpoint is written, say how to resume
         sys.stderr.write(f"\n{stop}\n")
         sys.exit(stop.exit_code)
-    except ResumeRefused as refused:
-        sys.stderr.write(f"error: {refused}\n")
-        sys.exit(2)
     if summary and jax.process_index() == 0:
         print("\n".join(describe(summary)))
         print(f"scores of the selected model in {_WORKDIR.value}/scores/test_scores.npz")
@@ -42,4 +38,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -66,6 +66,8 @@ def experiment(args, model: str, banks: str) -> loop.Experiment:
     config.data.batch_size = args.batch
     config.data.eval_batch_size = args.batch
     config.csre.banks = banks
+    # the paper's counts, or what a small (--quick) bank can hold of every class
+    config.csre.num_positives = min(config.csre.num_positives, args.slots // args.classes)
     config.num_devices = 1
     labels = np.arange(args.slots) % args.classes
     x = np.zeros((1, 3, args.frames, 25, 2), np.float32)

@@ -107,6 +107,7 @@ def base_config() -> ConfigDict:
     # features with their labels, for corpora too large for a slot per sample
     config.csre.bank_size = 0
     config.csre.reduction = 8
+    # per anchor; 0 (custom data's default): follow the training set (csre/sampling.py)
     config.csre.num_positives = 128
     config.csre.num_negatives = 512
     config.csre.temperature = 0.8
@@ -146,6 +147,8 @@ def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
     data.stream = picked["stream"]
     if data.name == "custom":
         set_custom_data(data)
+        # the paper's 128 / 512 assume thousands of samples: follow the training set instead
+        config.csre.num_positives = config.csre.num_negatives = 0
         return
     with data.unlocked():
         if data.name == "ucla":

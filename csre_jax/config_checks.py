@@ -47,8 +47,6 @@ POSITIVE = (
     "data.num_person",
     "csre.dim",
     "csre.reduction",
-    "csre.num_positives",
-    "csre.num_negatives",
     "csre.temperature",
     "optim.base_lr",
     "optim.decay",
@@ -120,7 +118,20 @@ def _problems(config: ConfigDict) -> list[str]:
             "compute_dtype='float64': JAX runs in 32 bits unless told otherwise; set "
             "JAX_ENABLE_X64=1 in the environment, or use float32"
         )
-    return problems + _csre_problems(config) + _model_problems(config)
+    return problems + _sampling_problems(config) + _csre_problems(config) + _model_problems(config)
+
+
+def _sampling_problems(config: ConfigDict) -> list[str]:
+    """Positive counts; custom data also takes 0, which follows its training set (the
+    default there, resolved once the labels load: csre/sampling.py)."""
+    problems = []
+    custom = _present(config, "data.name")[1] == "custom"
+    for field in ("csre.num_positives", "csre.num_negatives"):
+        present, value = _present(config, field)
+        if present and (value < 0 or not value and not custom):
+            rule = "must be 0 (follow the training set) or more" if custom else "must be positive"
+            problems.append(f"{field}={value!r}: {rule}")
+    return problems
 
 
 def _csre_problems(config: ConfigDict) -> list[str]:

@@ -14,7 +14,10 @@
                                    model (and val_scores_<which>.npz)
 """
 
+import contextlib
 import dataclasses
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
@@ -81,3 +84,23 @@ def val_scores_path(test_path: Path) -> Path:
     if name.startswith("test_"):
         return test_path.with_name("val_" + name.removeprefix("test_"))
     return test_path.with_name(f"{test_path.stem}_val{test_path.suffix}")
+
+
+@contextlib.contextmanager
+def removed_unless_started(workdir: Path | str) -> Iterator[Callable[[], None]]:
+    """Removes the run folder again when the code inside fails and the folder did not exist
+    before and holds no checkpoint: a failed check leaves nothing behind, a run that trained
+    keeps everything it wrote, and an existing folder is never touched. Yields that removal,
+    for a stop that ends the process without unwinding (interrupts.StopRequests)."""
+    root = Path(workdir)
+    existed = root.exists()
+
+    def discard() -> None:
+        if not existed and not any(RunFolder(root).checkpoints.glob("[0-9]*")):
+            shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        yield discard
+    except BaseException:
+        discard()
+        raise

@@ -221,7 +221,10 @@ def test_a_signal_stops_with_a_checkpoint_and_the_run_resumes_exactly(straight_r
     _assert_same_run(straight_run, tmp_path)
 
 
-def test_a_refused_resume_leaves_the_run_record_untouched(straight_run, tmp_path):
+def test_resumes_record_only_what_they_started_with(straight_run, tmp_path, capsys, monkeypatch):
+    """A refused resume, and an accepted one that fails before it starts, leave the run record
+    as it was; a finished run run again prints its result without compiling; a resume says
+    where it resumes from."""
     workdir = tmp_path / "run"
     shutil.copytree(straight_run, workdir)
     before = {p: p.read_bytes() for p in (workdir / "config.json", workdir / "metrics.jsonl")}
@@ -229,11 +232,32 @@ def test_a_refused_resume_leaves_the_run_record_untouched(straight_run, tmp_path
     with pytest.raises(ResumeRefused, match=r"model\.kwargs\.base_channels: 8 -> 16"):
         loop.train_and_evaluate(changed, workdir)
     assert {p: p.read_bytes() for p in before} == before
-    # a safe change is accepted and recorded: two more epochs
-    loop.train_and_evaluate(tiny_config(**{**RESUME_CONFIG, "num_epochs": 3}), workdir)
+
+    capsys.readouterr()
+    again = loop.train_and_evaluate(tiny_config(**RESUME_CONFIG), workdir)
+    out = capsys.readouterr().out
+    assert f"{workdir}: finished, all 12 steps trained" in out and "compiling" not in out
+    (recorded,) = read_metrics(straight_run, "selection")  # what the run said when it ended
+    assert again == {k: v for k, v in recorded.items() if k not in ("kind", "step")}
+
+    longer = tiny_config(**{**RESUME_CONFIG, "num_epochs": 3})  # a safe change: two more epochs
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_compile_train_step", _fail_to_compile)
+        with pytest.raises(RuntimeError, match="compilation failed"):
+            loop.train_and_evaluate(longer, workdir)
+    assert not (workdir / "config_changes.jsonl").exists()
+    assert {p: p.read_bytes() for p in before} == before
+
+    capsys.readouterr()
+    loop.train_and_evaluate(longer, workdir)
+    assert f"resuming from step 12 ({workdir / 'checkpoints' / '12'})" in capsys.readouterr().out
     record = json.loads((workdir / "config_changes.jsonl").read_text())
     assert record == {"step": 12, "changes": {"num_epochs": [2, 3]}}
     assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
+
+
+def _fail_to_compile(*args):
+    raise RuntimeError("compilation failed")
 
 
 def test_eval_cli_rescores_the_best_checkpoint_from_the_run_config(tiny_run, tmp_path):

@@ -15,7 +15,10 @@ whose rows are padded to a multiple of the device count (loop.init_state), are r
 to this run's row count (`_refit`).
 """
 
+import contextlib
 import logging as std_logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,46 @@ class _OrbaxNoticesToInfo(std_logging.Filter):
         return True
 
 
-# orbax logs through absl's logger, so the filter sits there (a set: added once).
+class _DiskFullToSilence(std_logging.Filter):
+    """Drops orbax's tracebacks of a write that found the disk full: the save that fails
+    raises DiskFull, which the command line prints as one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno < std_logging.ERROR:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not _is_disk_full(f"{record.getMessage()} {error}")
+
+
+# orbax logs through absl's logger, so the filters sit there (a set: each added once).
 logging.get_absl_logger().addFilter(_OrbaxNoticesToInfo())
+logging.get_absl_logger().addFilter(_DiskFullToSilence())
+
+# How TensorStore and the OS word a full disk (ENOSPC is error 28; a quota is EDQUOT).
+_DISK_FULL = ("No space left on device", "os_error_code='28'", "Disk quota exceeded")
+
+
+def _is_disk_full(text: str) -> bool:
+    return any(sign in text for sign in _DISK_FULL)
+
+
+class DiskFull(UserError):
+    """A checkpoint did not fit on the disk; str() names the folder, the step, the last
+    intact checkpoint and the fix."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _nbytes(tree: Any) -> int:
+    leaves = jax.tree.leaves(tree)
+    return sum(
+        jax.eval_shape(jax.random.key_data, x).size * 4
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        else x.nbytes
+        for x in leaves
+    )
 
 
 class _Damaged(Exception):  # noqa: N818 (a finding about a folder, caught inside this module)
@@ -218,7 +259,43 @@ class Checkpointer:
         try:
             self.close()
         except Exception as error:  # the exception on its way out is the one to report
-            logging.warning("%s: the pending checkpoint save failed: %s", self._folder, error)
+            if not isinstance(exc, DiskFull):  # which already says why
+                logging.warning("%s: the pending checkpoint save failed: %s", self._folder, error)
+
+    def _disk_full(self, folder: Path, step: int, detail: str) -> DiskFull:
+        last = self._latest.latest_step()
+        resume = (
+            f"the last intact checkpoint is step {last} ({self._folder / str(last)})"
+            if last is not None
+            else "no checkpoint is intact yet, so the run would start from the beginning"
+        )
+        return DiskFull(
+            f"{folder}: no space left on the disk to save step {step} ({detail}); {resume}. "
+            "Free space there and run the same command again to resume."
+        )
+
+    def _check_space(self, manager: ocp.CheckpointManager, step: int, tree: Any) -> None:
+        """Refuses a save that cannot fit before it starts (it would fail halfway, in
+        orbax's threads): it needs the arrays' bytes, or the last checkpoint's size on disk
+        if larger, with 10% and 1 MB to spare."""
+        folder = Path(manager.directory)
+        last = manager.latest_step()
+        on_disk = _folder_bytes(folder / str(last)) if last is not None else 0
+        needed = max(_nbytes(tree), on_disk) * 11 // 10 + (1 << 20)
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            detail = f"it needs about {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free"
+            raise self._disk_full(folder, step, detail)
+
+    @contextlib.contextmanager
+    def _full_disk_is_a_user_error(self, folder: Path, step: int) -> Iterator[None]:
+        """A write that found the disk full (this save's or a pending one) as DiskFull."""
+        try:
+            yield
+        except Exception as error:
+            if not _is_disk_full(f"{error} {error.__cause__}"):
+                raise
+            raise self._disk_full(folder, step, "a write failed: no space left") from error
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
@@ -238,7 +315,10 @@ class Checkpointer:
         if progress is not None:
             items["progress"] = ocp.args.JsonSave(progress)
         step = int(jax.device_get(state.step))
-        self._latest.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._full_disk_is_a_user_error(self._folder, step):
+            self._latest.wait_until_finished()  # a failed pending save speaks first
+            self._check_space(self._latest, step, state)
+            self._latest.save(step, args=ocp.args.Composite(**items), force=True)
 
     def save_now(
         self,
@@ -248,11 +328,13 @@ class Checkpointer:
     ) -> None:
         """Saves and returns once the checkpoint is complete on disk (the interrupt path); a
         step already checkpointed, or being checkpointed, is not saved again."""
-        self._latest.wait_until_finished()
-        if int(jax.device_get(state.step)) in self._latest.all_steps():
-            return
-        self.save(state, data_iterator, progress)
-        self._latest.wait_until_finished()
+        step = int(jax.device_get(state.step))
+        with self._full_disk_is_a_user_error(self._folder, step):
+            self._latest.wait_until_finished()
+            if step in self._latest.all_steps():
+                return
+            self.save(state, data_iterator, progress)
+            self._latest.wait_until_finished()
 
     def restore(
         self, target: TrainState, shardings: TrainState, data_iterator: grain.DatasetIterator
@@ -344,13 +426,19 @@ class Checkpointer:
             self._latest.reload()
 
     def save_best(self, step: int, variables: Any, metrics: dict[str, float]) -> None:
-        self._best.save(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables), metrics=ocp.args.JsonSave(metrics)
-            ),
-            force=True,
-        )
+        folder = Path(self._best.directory)
+        with self._full_disk_is_a_user_error(folder, step):
+            self._best.wait_until_finished()
+            self._check_space(self._best, step, variables)
+            if step in self._best.all_steps():  # kept before a stop; this evaluation replaces it
+                self._best.delete(step)
+            self._best.save(
+                step,
+                args=ocp.args.Composite(
+                    variables=ocp.args.StandardSave(variables), metrics=ocp.args.JsonSave(metrics)
+                ),
+                force=True,
+            )
 
     def best_metrics(self) -> dict | None:
         """The metrics saved with the best model so far (None before the first eval)."""
@@ -362,16 +450,19 @@ class Checkpointer:
         ).metrics
 
     def wait(self) -> None:
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        with self._full_disk_is_a_user_error(self._folder, self._latest.latest_step() or 0):
+            self._latest.wait_until_finished()
+            self._best.wait_until_finished()
 
     def close(self) -> None:
         """Finishes pending saves and stops orbax's threads. A process that exits with a save
         in flight leaves them writing while the interpreter shuts down the executors and
         event loops they write through: each array then logs a traceback ("Event loop is
         closed", "cannot schedule new futures after shutdown")."""
-        self._latest.close()
-        self._best.close()
+        try:
+            self._latest.close()
+        finally:
+            self._best.close()
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from csre_jax import compile_cache, models, sharding
 from csre_jax.config_checks import check_config
+from csre_jax.csre import sampling
 from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.csre.objective import bank_names, contrast_config, create_banks
 from csre_jax.data.datasets import Dataset, load_dataset
@@ -47,10 +48,10 @@ from csre_jax.training import optimizer, selection
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.interrupts import Stopped, StopRequests
 from csre_jax.training.metrics import MetricWriter, read_metrics
-from csre_jax.training.run_record import write_config
+from csre_jax.training.run_record import check_resume, write_config
 from csre_jax.training.state import TrainState, state_sharding
 from csre_jax.training.step import make_train_step
-from csre_jax.workdir import RunFolder
+from csre_jax.workdir import RunFolder, removed_unless_started
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Experiment:
     steps_per_epoch: int
     schedule: optax.Schedule
     tx: optax.GradientTransformationExtraArgs
+    csre_sampling: sampling.Sampling | None  # CSRE's counts per anchor (None: CSRE off)
 
     @property
     def total_steps(self) -> int:
@@ -112,9 +114,19 @@ def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
 
 
 def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
-    """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests)."""
+    """Builds the experiment; `dataset` replaces the config's data (benchmarks, tests).
+
+    CSRE's positives and negatives per anchor are checked against the training labels, or
+    resolved from them (csre/sampling.py), before anything compiles; the experiment's config
+    (what the run records and the train step uses) holds the counts, the caller's keeps its own.
+    """
     check_config(config)
     dataset = dataset or load_dataset(config.data)
+    counts = None
+    if bank_names(config.csre):
+        counts = sampling.resolve(config.csre, dataset.train.labels)
+        config = config.copy_and_resolve_references()
+        config.csre.num_positives, config.csre.num_negatives = counts.positives, counts.negatives
     mesh = make_mesh(config)
     card = ModelCard.from_dataset(dataset, config.data)
     backbone = build_backbone(config, card)
@@ -123,7 +135,7 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
     )
     steps = steps_per_epoch(dataset.train, config.data.batch_size)
     schedule, tx = optimizer.from_config(config.optim, steps)
-    return Experiment(config, dataset, card, backbone, model, mesh, steps, schedule, tx)
+    return Experiment(config, dataset, card, backbone, model, mesh, steps, schedule, tx, counts)
 
 
 def init_state(exp: Experiment) -> TrainState:
@@ -300,7 +312,12 @@ def _phase(name: str, active: bool):
     start = time.perf_counter()
     if active:
         print(f"{name} ...", end=" ", flush=True)
-    yield
+    try:
+        yield
+    except BaseException:
+        if active:
+            print("failed", flush=True)
+        raise
     if active:
         print(f"{time.perf_counter() - start:.1f} s", flush=True)
 
@@ -349,34 +366,56 @@ def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict:
     """
     compile_cache.enable()
     run = RunFolder(workdir)
-    run.root.mkdir(parents=True, exist_ok=True)
     main = jax.process_index() == 0
-    if main:
-        _report_devices(config)
-    with _phase("loading data", main):
-        exp = build(config)
-    with Checkpointer(run.root) as checkpointer, StopRequests() as stop:
-        resume_step = checkpointer.latest_step()
+    with (
+        removed_unless_started(run.root) as discard,  # a failed check leaves no empty run
+        StopRequests(_resume_command(), before_training_exit=discard) as stop,
+    ):
+        run.root.mkdir(parents=True, exist_ok=True)
         if main:
-            write_config(exp.config, run, resuming=resume_step is not None, step=resume_step or 0)
-            exp.card.save(run.model_card)
-        _write_validation_split(exp, run)
-        with _phase("building the model", main):
-            state = init_state(exp)
-            batches = train_batches(exp)
-            progress = {}
-            if resume_step is not None:
-                state, progress = checkpointer.restore(
-                    state, state_sharding(state, exp.mesh), batches
-                )
-        with _phase("compiling the train step", main):
-            train_step, eval_step = compile_steps(exp, state)
-            train_step = _compile_train_step(exp, train_step, state)
-        step = int(jax.device_get(state.step))
-        loop = _Loop(exp, run, checkpointer, stop, batches, train_step, eval_step)
-        summary = loop.run(state, step, progress)
+            _report_devices(config)
+        with _phase("loading data", main):
+            exp = build(config)
+        if main and exp.csre_sampling is not None:
+            print(exp.csre_sampling.line(), flush=True)
+        with Checkpointer(run.root) as checkpointer:
+            resume_step = checkpointer.latest_step()
+            resuming = resume_step is not None
+            changes = check_resume(exp.config, run, resuming=resuming)
+            if resuming and resume_step >= exp.total_steps and not changes:
+                return _finished_summary(exp, run, resume_step)
+            if main:
+                exp.card.save(run.model_card)
+            _write_validation_split(exp, run)
+            with _phase("building the model", main):
+                state = init_state(exp)
+                batches = train_batches(exp)
+                progress = {}
+                if resuming:
+                    state, progress = checkpointer.restore(
+                        state, state_sharding(state, exp.mesh), batches
+                    )
+            step = int(jax.device_get(state.step))
+            if resuming and main:
+                print(f"resuming from step {step} ({run.checkpoints / str(step)})", flush=True)
+            with _phase("compiling the train step", main):
+                train_step, eval_step = compile_steps(exp, state)
+                train_step = _compile_train_step(exp, train_step, state)
+            if main:  # the run has started with this config
+                write_config(exp.config, run, resuming=resuming, changes=changes, step=step)
+            loop = _Loop(exp, run, checkpointer, stop, batches, train_step, eval_step)
+            summary = loop.run(state, step, progress)
     multihost_utils.sync_global_devices("train_and_evaluate done")
     return summary
+
+
+def _finished_summary(exp: Experiment, run: RunFolder, step: int) -> dict:
+    """The selection summary of a run that has trained all its steps, read from its metrics
+    without building or compiling anything."""
+    if jax.process_index() != 0:
+        return {}
+    print(f"{run.root}: finished, all {step} steps trained", flush=True)
+    return selection.summarize(read_metrics(run.root, "epoch"), exp.selection_rule)
 
 
 @dataclasses.dataclass
@@ -406,6 +445,7 @@ class _Loop:
             logging_redirect_tqdm(),
             MetricWriter(self.folder.root, resume_step=step) as writer,
         ):
+            self.stop.begin_training()
             while step < exp.total_steps and not self.stop.received:
                 batch = next(self.batches)
                 state, metrics = self.train_step(state, sharding.global_batch(batch, exp.mesh))

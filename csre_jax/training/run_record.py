@@ -3,7 +3,8 @@
 A resume continues the saved run, so its config must be the saved one, except for the
 settings that only say how long to train and how often to log, evaluate or checkpoint
 (SAFE_CHANGES). Those are accepted and recorded in config_changes.jsonl; any other change
-is refused with the differing keys, before a file of the run is touched.
+is refused with the differing keys, before a file of the run is touched; accepted ones are
+recorded only once the resumed run has started with them.
 """
 
 import json
@@ -56,27 +57,35 @@ def config_changes(saved: dict, config: ConfigDict) -> dict[str, tuple[Any, Any]
     }
 
 
-def write_config(config: ConfigDict, run: RunFolder, *, resuming: bool, step: int = 0) -> None:
-    """Writes config.json; when resuming, only after checking it against the saved one.
+def check_resume(config: ConfigDict, run: RunFolder, *, resuming: bool) -> dict:
+    """The changes a resume brings (key -> (saved, new); empty for a new run), checked
+    against the saved config without writing anything.
 
-    Raises ResumeRefused (and writes nothing) when a setting outside SAFE_CHANGES differs;
-    accepted changes are appended to config_changes.jsonl with the step they apply from."""
-    saved_path = run.config
-    changes = {}
-    if resuming and saved_path.is_file():
-        changes = config_changes(json.loads(saved_path.read_text()), config)
-        refused = {k: v for k, v in changes.items() if k not in SAFE_CHANGES}
-        if refused:
-            listed = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
-            raise ResumeRefused(
-                f"{run.root} holds a run with another config; resuming would change\n{listed}\n"
-                f"A resume may change only {', '.join(SAFE_CHANGES)}. Resume with the saved "
-                f"settings ({saved_path}) or train in a new --workdir."
-            )
-        if not changes:
-            return
+    Raises ResumeRefused when a setting outside SAFE_CHANGES differs."""
+    if not (resuming and run.config.is_file()):
+        return {}
+    changes = config_changes(json.loads(run.config.read_text()), config)
+    refused = {k: v for k, v in changes.items() if k not in SAFE_CHANGES}
+    if refused:
+        listed = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ResumeRefused(
+            f"{run.root} holds a run with another config; resuming would change\n{listed}\n"
+            f"A resume may change only {', '.join(SAFE_CHANGES)}. Resume with the saved "
+            f"settings ({run.config}) or train in a new --workdir."
+        )
+    return changes
+
+
+def write_config(
+    config: ConfigDict, run: RunFolder, *, resuming: bool, changes: dict, step: int = 0
+) -> None:
+    """Writes config.json once the run has started with it, and appends a resume's accepted
+    changes (check_resume) to config_changes.jsonl with the step they apply from."""
+    if resuming and not changes and run.config.is_file():
+        return
+    if changes:
         record = {"step": step, "changes": {k: list(v) for k, v in changes.items()}}
         with run.config_changes.open("a") as f:
             f.write(json.dumps(record) + "\n")
-    with atomic_write(saved_path) as tmp:
+    with atomic_write(run.config) as tmp:
         tmp.write_text(config.to_json_best_effort(indent=2) + "\n")
