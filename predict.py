@@ -1,25 +1,48 @@
 """Prints what a trained run recognises in new sequences: the top-k classes of each.
 
   python predict.py --workdir=runs/mine --input=clips.pkl          # pyskl annotation file
+  python predict.py --workdir=runs/mine --input=clips.pkl --split=test
   python predict.py --workdir=runs/mine --input=clip.npy           # (M, T, V, C) or a batch
+  python predict.py --workdir=runs/mine --input=clip.npy --scores=score.npy --img_shape=480,640
   python predict.py --workdir=runs/ntu60 --input=S001C001P001R001A001.skeleton
 
 The backbone alone runs (csre_jax.predictor); a .pkl's samples use their own keypoint
-scores and image shapes, and their labels, when present, are printed beside the prediction.
+scores and image shapes, and when they have labels an accuracy summary follows the
+predictions. A .npy for a 2-D run that uses keypoint scores carries them as its last channel
+(x, y, score) or in --scores.
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from csre_jax.cli import parse_flags, start
+from csre_jax import cli
+from csre_jax.cli import start
 from csre_jax.data import pyskl
 from csre_jax.errors import UserError
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run folder.")
 _INPUT = flags.DEFINE_string("input", None, "A .pkl (pyskl), .npy or NTU .skeleton file.")
+_SPLIT = flags.DEFINE_string(
+    "split", None, "With a .pkl: predict only this split's samples (default: every sample)."
+)
+_SCORES = flags.DEFINE_string(
+    "scores",
+    None,
+    "With a .npy of a 2-D run that uses keypoint scores: the scores as a .npy of the "
+    "keypoints' shape without C (instead of the score as the keypoints' last channel).",
+)
+_IMG_SHAPE = flags.DEFINE_string(
+    "img_shape",
+    None,
+    "H,W: the height and width in pixels of the image that 2-D keypoints come from (a .pkl "
+    "sample's own img_shape wins); default {},{}, what training assumes without one.".format(
+        *pyskl.DEFAULT_IMG_SHAPE
+    ),
+)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes printed per sequence.", lower_bound=1)
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which model.")
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -28,34 +51,213 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "Sequences per compiled batch (0: the run's data.eval_batch_size).",
     lower_bound=0,
 )
+WORST_CLASSES = 3  # classes listed under the accuracy, those with the most errors
 
 
-def read_sequences(path: Path) -> tuple[list[str], list[np.ndarray], list, list, list]:
-    """(names, keypoints, scores, img_shapes, labels) of every sequence in the file."""
+@dataclasses.dataclass
+class Sequences:
+    """An input file's sequences: a name, keypoints, scores, image shape and label each."""
+
+    names: list[str]
+    keypoints: list[np.ndarray]
+    scores: list[np.ndarray | None]
+    img_shapes: list[tuple[int, int] | None]
+    labels: list[int | None]
+
+
+def parse_img_shape(value: str | None) -> tuple[int, int] | None:
+    """--img_shape's 'H,W' as (h, w)."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(
+            f"--img_shape={value}: give the image's height and width in pixels as H,W, "
+            "e.g. --img_shape=1080,1920"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+def load_npy(path: Path, flag: str) -> np.ndarray:
+    """A numeric array saved with numpy.save; the error names the flag and the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}={path}: no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise UserError(
+            f"{flag}={path}: not a readable .npy ({type(e).__name__}: {e}); write the array "
+            "with numpy.save"
+        ) from e
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise UserError(f"{flag}={path}: not a numeric array; save np.asarray(x, np.float32)")
+    return array
+
+
+def _channels(predictor: Predictor, scores_given: bool) -> tuple[int, str]:
+    """The .npy's C and what its channels are."""
+    coords = predictor.coords
+    if coords == 3:
+        return 3, "3 (x, y, z)"
+    if predictor.uses_score and not scores_given:
+        return 3, "3 (x, y in pixels, then the keypoint score; or 2 with --scores)"
+    return 2, "2 (x, y in pixels)"
+
+
+def read_npy(path: Path, predictor: Predictor, scores_path: str | None) -> Sequences:
+    """A (T, V, C), (M, T, V, C) or (B, M, T, V, C) array, with the score as the last
+    channel or in --scores for runs that use scores."""
+    array = load_npy(path, "--input")
+    if scores_path is not None and not predictor.uses_score:
+        raise UserError(f"--scores={scores_path}: this run takes no keypoint scores; leave it out")
+    layout = predictor.card.layout
+    channels, meaning = _channels(predictor, scores_path is not None)
+    shaped = array.ndim in (3, 4, 5)
+    unscored = predictor.uses_score and scores_path is None
+    if shaped and unscored and array.shape[-2:] == (layout.num_joints, 2):
+        raise UserError(
+            f"--input={path}: an array of shape {array.shape}, without keypoint scores, but "
+            "this run's model takes them: give the score as the last channel (C = 3: x, y, "
+            f"score) or as --scores=FILE.npy of shape {array.shape[:-1]}"
+        )
+    if not shaped or array.shape[-2:] != (layout.num_joints, channels):
+        raise UserError(
+            f"--input={path}: an array of shape {array.shape}; this run takes (T, V, C), "
+            f"(M, T, V, C) or a batch (B, M, T, V, C) with V = {layout.num_joints} (layout "
+            f"{layout.name!r}) and C = {meaning}"
+        )
+    if not array.size:
+        raise UserError(f"--input={path}: an empty array of shape {array.shape}")
+    if scores_path is not None:
+        scores = load_npy(Path(scores_path), "--scores")
+        if scores.shape != array.shape[:-1]:
+            raise UserError(
+                f"--scores={scores_path}: an array of shape {scores.shape}; give one score per "
+                f"keypoint, the shape of --input without C: {array.shape[:-1]}"
+            )
+    elif predictor.uses_score:
+        array, scores = array[..., :-1], array[..., -1]
+    else:
+        scores = None
+    batch = array.ndim == 5
+    count = len(array) if batch else 1
+    return Sequences(
+        names=[f"{path.stem}[{i}]" for i in range(count)] if batch else [path.stem],
+        keypoints=list(array) if batch else [array],
+        scores=[None] * count if scores is None else list(scores) if batch else [scores],
+        img_shapes=[None] * count,
+        labels=[None] * count,
+    )
+
+
+def read_pkl(path: Path, split: str | None) -> Sequences:
+    """The annotations of a pyskl file, or those of one of its splits, in the split's order."""
+    content = pyskl.read(path)
+    annotations = content["annotations"]
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "keypoint" not in ann:
+            raise UserError(
+                f"--input={path}: annotation {i} has no field 'keypoint'; each annotation is a "
+                "dict with keypoint (M, T, V, C) (pyskl's format)"
+            )
+    names = [str(ann.get("frame_dir", i)) for i, ann in enumerate(annotations)]
+    if split is not None:
+        if split not in content["split"]:
+            raise UserError(
+                f"--split={split}: {path} has no such split; its splits: "
+                f"{', '.join(map(str, content['split'])) or 'none'}"
+            )
+        positions = {name: i for i, name in enumerate(names)}
+        annotations = [
+            annotations[i] for i in pyskl.split_positions(content, str(path), positions, split)
+        ]
+        names = [str(ann.get("frame_dir")) for ann in annotations]
+    return Sequences(
+        names=names,
+        keypoints=[a["keypoint"] for a in annotations],
+        scores=[a.get("keypoint_score") for a in annotations],
+        img_shapes=[a.get("img_shape") for a in annotations],
+        labels=[a.get("label") for a in annotations],
+    )
+
+
+def read_sequences(path: Path, predictor: Predictor) -> Sequences:
+    """Every sequence of the input file (of --split's samples), checked against the run."""
+    img_shape = parse_img_shape(_IMG_SHAPE.value)
+    if img_shape is not None and predictor.coords != 2:
+        raise UserError(
+            f"--img_shape={_IMG_SHAPE.value}: this run takes 3-D keypoints; leave it out"
+        )
+    if _SPLIT.value is not None and path.suffix != ".pkl":
+        raise UserError(f"--split={_SPLIT.value}: only a .pkl --input has splits")
+    if _SCORES.value is not None and path.suffix != ".npy":
+        raise UserError(f"--scores={_SCORES.value}: only with a .npy --input")
     if not path.is_file():
         raise FileNotFoundError(f"--input={path}: no such file")
     if path.suffix == ".skeleton":
-        return [path.stem], [keypoints_from_skeleton_file(path)], [None], [None], [None]
-    if path.suffix == ".npy":
-        array = np.load(path)
-        if array.ndim not in (3, 4, 5):
-            raise UserError(
-                f"{path}: an array of shape {array.shape}; expected (T, V, C), (M, T, V, C) "
-                "or a batch (B, M, T, V, C)"
-            )
-        batch = array[None] if array.ndim < 5 else array
-        names = [f"{path.stem}[{i}]" for i in range(len(batch))] if array.ndim == 5 else [path.stem]
-        return names, list(batch), [None] * len(batch), [None] * len(batch), [None] * len(batch)
-    if path.suffix == ".pkl":
-        annotations = pyskl.read(path)["annotations"]
-        return (
-            [str(a.get("frame_dir", i)) for i, a in enumerate(annotations)],
-            [a["keypoint"] for a in annotations],
-            [a.get("keypoint_score") for a in annotations],
-            [a.get("img_shape") for a in annotations],
-            [a.get("label") for a in annotations],
+        sequences = Sequences(
+            [path.stem], [keypoints_from_skeleton_file(path)], [None], [None], [None]
         )
-    raise UserError(f"--input={path}: expected a .pkl, .npy or .skeleton file")
+    elif path.suffix == ".npy":
+        sequences = read_npy(path, predictor, _SCORES.value)
+    elif path.suffix == ".pkl":
+        sequences = read_pkl(path, _SPLIT.value)
+    else:
+        raise UserError(f"--input={path}: expected a .pkl, .npy or .skeleton file")
+    sequences.img_shapes = [img_shape if s is None else s for s in sequences.img_shapes]
+    _check(sequences, path, predictor)
+    return sequences
+
+
+def _check(sequences: Sequences, path: Path, predictor: Predictor) -> None:
+    """Each sequence against the run, the error naming the file and the sequence."""
+    num_classes = predictor.card.num_classes
+    for i, name in enumerate(sequences.names):
+        where = f"--input={path}" + (f": {name}" if len(sequences.names) > 1 else "")
+        try:
+            predictor.check(sequences.keypoints[i], sequences.scores[i])
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from e
+        label = sequences.labels[i]
+        if label is not None and not (
+            isinstance(label, int | np.integer) and 0 <= label < num_classes
+        ):
+            raise UserError(
+                f"{where}: label {label!r}, but this run's classes are 0..{num_classes - 1}; "
+                "give the labels the run was trained with, or none"
+            )
+
+
+def accuracy_lines(
+    probabilities: np.ndarray, labels: list[int | None], class_names: tuple[str, ...]
+) -> list[str]:
+    """The summary over the labelled sequences: top-1 (and top-5 with 5 or more classes),
+    then the classes with the most errors and what they are most often taken for."""
+    known = [i for i, label in enumerate(labels) if label is not None]
+    if not known:
+        return []
+    truth = np.array([labels[i] for i in known])
+    order = np.argsort(-probabilities[known], axis=1, kind="stable")
+    predicted, right = order[:, 0], order[:, 0] == truth
+    count = len(truth)
+    lines = [f"accuracy over {count} labelled sequences:"]
+    lines.append(f"  top-1 {100 * right.mean():.1f}% ({right.sum()} of {count})")
+    if len(class_names) >= 5:
+        top5 = (order[:, :5] == truth[:, None]).any(axis=1)
+        lines.append(f"  top-5 {100 * top5.mean():.1f}% ({top5.sum()} of {count})")
+    samples = np.bincount(truth, minlength=len(class_names))
+    errors = np.bincount(truth[~right], minlength=len(class_names))
+    worst = sorted(np.flatnonzero(errors), key=lambda c: (-errors[c], -errors[c] / samples[c], c))
+    if worst:
+        lines.append("  classes with the most errors:")
+    for c in worst[:WORST_CLASSES]:
+        taken = np.bincount(predicted[(truth == c) & ~right], minlength=len(class_names))
+        lines.append(
+            f"    {class_names[c]}: {100 * (1 - errors[c] / samples[c]):.1f}% "
+            f"({samples[c] - errors[c]} of {samples[c]}), most often predicted as "
+            f"{class_names[taken.argmax()]} ({taken.max()} of {samples[c]})"
+        )
+    return lines
 
 
 def main(argv):
@@ -63,16 +265,20 @@ def main(argv):
     predictor = Predictor.from_run(
         _WORKDIR.value, checkpoint=_CHECKPOINT.value, batch_size=_BATCH_SIZE.value or None
     )
-    names, keypoints, scores, img_shapes, labels = read_sequences(Path(_INPUT.value))
-    predictions = predictor.predict(keypoints, scores, img_shapes)
+    sequences = read_sequences(Path(_INPUT.value), predictor)
+    predictions = predictor.predict(sequences.keypoints, sequences.scores, sequences.img_shapes)
     class_names = predictor.card.class_names
-    for name, label, top in zip(names, labels, predictions.top(_TOP_K.value), strict=True):
+    tops = predictions.top(_TOP_K.value)
+    for name, label, top in zip(sequences.names, sequences.labels, tops, strict=True):
         truth = f" (label: {class_names[label]})" if label is not None else ""
         print(f"{name}{truth}")
         for rank, (class_name, probability) in enumerate(top, start=1):
             print(f"  {rank}. {class_name}  {probability:.3f}")
+    summary = accuracy_lines(predictions.probabilities, sequences.labels, class_names)
+    if summary:
+        print("\n" + "\n".join(summary))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir", "input"])
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

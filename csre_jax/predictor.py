@@ -97,7 +97,9 @@ class Predictor:
         )
         self._variables = variables
         data = config.data
-        if data.name == "custom":
+        if data.name == "custom":  # the card's layout: the JSON file the run named may be gone
+            data = ConfigDict(data.to_dict(), type_safe=False)
+            data.layout = card.layout
             self._transform: Callable = pyskl.inference_transform(data)
         else:
             self._transform = self._builtin_transform(datasets.sample_transform(data, train=False))
@@ -128,26 +130,57 @@ class Predictor:
 
         return transform
 
-    def inputs(self, keypoint, score=None, img_shape=None) -> dict[str, np.ndarray]:
-        """One sequence's model inputs, checked against what the run was trained on."""
-        keypoint = np.asarray(keypoint, np.float32)
+    @property
+    def coords(self) -> int:
+        """Coordinates per joint the run takes: 2 (pixels) or 3."""
+        data = self.config.data
+        return data.coords if data.name == "custom" else 3
+
+    @property
+    def uses_score(self) -> bool:
+        """Whether the model takes a keypoint score per joint (2-D runs with data.use_score)."""
+        data = self.config.data
+        return data.name == "custom" and data.coords == 2 and bool(data.use_score)
+
+    def check(self, keypoint, score=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One sequence's keypoints (M, T, V, C) and scores (M, T, V), the person axis added
+        to one person's (T, V, C), or a UserError saying what this run takes instead."""
+        try:
+            keypoint = np.asarray(keypoint, np.float32)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"keypoints are not a numeric array ({e})") from e
         if keypoint.ndim == 3:
             keypoint = keypoint[None]  # one person's (T, V, C)
-        layout, coords = self.card.layout, self._coords()
+            if score is not None and np.ndim(score) == 2:
+                score = np.asarray(score)[None]  # and its (T, V)
+        layout, coords = self.card.layout, self.coords
         if keypoint.ndim != 4 or keypoint.shape[2:] != (layout.num_joints, coords):
             raise UserError(
                 f"keypoints of shape {keypoint.shape}: this run takes (persons, frames, "
                 f"{layout.num_joints}, {coords}) for its layout {layout.name!r} "
                 f"({layout.num_joints} joints) with {coords} coordinates"
             )
+        if not keypoint.shape[0] or not keypoint.shape[1]:
+            raise UserError(f"keypoints of shape {keypoint.shape}: no person or no frame")
         if not np.isfinite(keypoint).all():
             raise UserError("keypoints hold NaN or infinite values; write 0 for missing joints")
-        out = self._transform(keypoint, score, img_shape)
-        return out if isinstance(out, dict) else {"x": out}
+        if not self.uses_score:
+            return keypoint, score
+        if score is None or np.shape(score) != keypoint.shape[:3]:
+            raise UserError(
+                f"the model takes keypoint scores (data.use_score): give keypoint_score of "
+                f"shape {keypoint.shape[:3]}, got {None if score is None else np.shape(score)}"
+            )
+        if not np.isfinite(score).all():
+            raise UserError(
+                "keypoint scores hold NaN or infinite values; write 0 for missing joints"
+            )
+        return keypoint, score
 
-    def _coords(self) -> int:
-        data = self.config.data
-        return data.coords if data.name == "custom" else 3
+    def inputs(self, keypoint, score=None, img_shape=None) -> dict[str, np.ndarray]:
+        """One sequence's model inputs, checked against what the run was trained on."""
+        out = self._transform(*self.check(keypoint, score), img_shape)
+        return out if isinstance(out, dict) else {"x": out}
 
     def predict(
         self,

@@ -108,3 +108,13 @@ def test_ucla_clip_becomes_the_official_test_sample(shared_dir):
     for name, official in list(zip(names, samples, strict=True))[:4]:
         clip = transforms.load_ucla_clip(clips / f"{name}.json")
         np.testing.assert_allclose(predictor.inputs(clip[None])["x"], official, atol=1e-5)
+
+
+def test_a_custom_run_predicts_without_its_layout_file(tmp_path):
+    """The model card's copy of the layout serves: the JSON file the run named may be gone."""
+    config = importlib.import_module("configs.ctrgcn").get_config("custom,tiny")
+    config.data.coords, config.data.layout = 2, str(tmp_path / "moved.json")
+    card = ModelCard(load_layout("coco"), {"x": (3, 16, 17, 2)}, ("a", "b"))
+    keypoint = np.full((1, 20, 17, 2), 100.0)
+    x = _predictor(config, card).inputs(keypoint, np.ones((1, 20, 17)))["x"]
+    assert x.shape == (3, 16, 17, 2)
