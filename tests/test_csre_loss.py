@@ -257,7 +257,7 @@ def test_a_bank_smaller_than_the_sample_counts_is_refused_clearly():
 
 def test_selections_compile_to_top_k_not_to_full_sorts():
     """XLA:CPU has a fast top-k, but falls back to sorting whole (batch, slots) rows when
-    the selection's outputs are sliced; the loss must keep the fast form (issue 7)."""
+    the selection's outputs are sliced; the loss must keep the fast form."""
     rng = np.random.default_rng(0)
     slot_labels = np.arange(2000) % 10
     bank = create_bank(slot_labels, 16)

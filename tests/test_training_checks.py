@@ -61,11 +61,17 @@ def test_config_arguments_pick_benchmark_and_stream():
         ctrgcn.get_config("nt60")
 
 
-def test_every_config_the_readme_names_loads():
-    """The README's commands name configs as `--config=configs/<file>.py:<arg>`: each loads
-    as train.py would load it, with the dataset, benchmark and stream its arg names."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    specs = sorted(set(re.findall(r"--config=(configs/\w+\.py(?::[\w,]+)?)", readme)))
+def test_every_config_the_readme_and_docs_name_loads():
+    """The README's and docs/' commands name configs as `--config=configs/<file>.py:<arg>`:
+    each loads as train.py would load it, with the dataset, benchmark and stream its arg
+    names; every page the README and the docs link exists."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+            assert (page.parent / link).exists(), f"{page} links {link}, which does not exist"
+    text = readme + "".join(page.read_text() for page in sorted((root / "docs").glob("*.md")))
+    specs = sorted(set(re.findall(r"--config=(configs/\w+\.py(?::[\w,]+)?)", text)))
     assert len(specs) >= 8, specs
     for spec in specs:
         config = load_config_file(spec)
