@@ -82,10 +82,39 @@ def _kruskal(points: np.ndarray) -> np.ndarray:
     return np.asarray(lengths)
 
 
-def test_mst_lengths_match_kruskal():
-    points = np.random.default_rng(0).normal(size=(4, 25, 25)).astype(np.float32)
-    got = jax.jit(jax.vmap(blockgcn.mst_edge_lengths))(points)
-    for sample, lengths in zip(points, np.asarray(got), strict=True):
+def _prim_one_sample(points: jax.Array) -> jax.Array:
+    """Prim's algorithm on one sample (P, D), the lengths in the order the tree grows."""
+    dist = jnp.sqrt(jnp.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1))
+    num = points.shape[0]
+
+    def add_nearest(i, carry):
+        in_tree, nearest, lengths = carry
+        j = jnp.argmin(jnp.where(in_tree, jnp.inf, nearest))
+        lengths = lengths.at[i].set(nearest[j])
+        return in_tree.at[j].set(True), jnp.minimum(nearest, dist[j]), lengths
+
+    in_tree = jnp.arange(num) == 0
+    lengths = jnp.zeros(num - 1, dist.dtype)
+    return jax.lax.fori_loop(0, num - 1, add_nearest, (in_tree, dist[0], lengths))[2]
+
+
+mst_lengths = jax.jit(blockgcn.mst_edge_lengths)
+
+
+@pytest.mark.parametrize(("batch", "ties"), [(1, False), (3, True), (16, False), (16, True)])
+def test_batched_mst_grows_every_tree_like_prim_on_one_sample(batch, ties):
+    """Same lengths in the same order as Prim's algorithm on each sample alone, the multiset of
+    Kruskal's, also where ties (small integer coordinates, coinciding points, a sample of one
+    point repeated) leave the choice of the next joint to argmin's first index."""
+    rng = np.random.default_rng(batch)
+    if ties:
+        points = rng.integers(0, 3, size=(batch, 25, 4)).astype(np.float32)
+        points[-1] = points[-1, :1]
+    else:
+        points = rng.uniform(size=(batch, 25, 25)).astype(np.float32)
+    got = np.asarray(mst_lengths(points))
+    np.testing.assert_array_equal(got, jax.jit(jax.vmap(_prim_one_sample))(points))
+    for sample, lengths in zip(points, got, strict=True):
         np.testing.assert_allclose(np.sort(lengths), _kruskal(sample.astype(np.float64)), rtol=1e-5)
 
 

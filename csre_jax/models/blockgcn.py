@@ -31,24 +31,29 @@ NUM_TOPO_ELEMENTS = 64  # StructureElementLayer(n_elements=64); TopoTrans maps 6
 
 
 def mst_edge_lengths(points: jax.Array) -> jax.Array:
-    """(P, D) points -> (P - 1,) edge lengths of their Euclidean minimum spanning tree.
+    """(N, P, D) points -> (N, P - 1) edge lengths of each sample's Euclidean minimum spanning tree.
 
-    Prim's algorithm in a fori_loop, so it jits; only the multiset of lengths is meaningful.
-    Distances are plain differences, as torch.cdist computes them for up to 25 points (for
-    more, torch.cdist switches to a matmul form that differs in rounding only).
+    Prim's algorithm, one fori_loop over the whole batch: jax2onnx exports a loop but not a
+    vmapped one, and it takes values the body closes over for constants, so dist is carried.
+    Only the multiset of lengths is meaningful. Distances are plain differences, as torch.cdist
+    computes them for up to 25 points (for more, torch.cdist switches to a matmul form that
+    differs in rounding only).
     """
-    dist = jnp.sqrt(jnp.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1))
-    num = points.shape[0]
+    dist = jnp.sqrt(jnp.sum((points[:, :, None, :] - points[:, None, :, :]) ** 2, axis=-1))
+    num = points.shape[1]
 
     def add_nearest(i, carry):
-        in_tree, nearest, lengths = carry
-        j = jnp.argmin(jnp.where(in_tree, jnp.inf, nearest))
-        lengths = lengths.at[i].set(nearest[j])
-        return in_tree.at[j].set(True), jnp.minimum(nearest, dist[j]), lengths
+        dist, in_tree, nearest, lengths = carry
+        outside = jnp.where(in_tree, jnp.inf, nearest)
+        j = jnp.argmin(outside, axis=1, keepdims=True)  # (N, 1)
+        lengths = jnp.where(jnp.arange(num - 1) == i, outside.min(axis=1, keepdims=True), lengths)
+        row = jnp.take_along_axis(dist, j[:, :, None], axis=1)[:, 0]  # dist[n, j_n]
+        return dist, in_tree | (jnp.arange(num) == j), jnp.minimum(nearest, row), lengths
 
-    in_tree = jnp.arange(num) == 0
-    lengths = jnp.zeros(num - 1, dist.dtype)
-    return jax.lax.fori_loop(0, num - 1, add_nearest, (in_tree, dist[0], lengths))[2]
+    in_tree = jnp.broadcast_to(jnp.arange(num) == 0, dist.shape[:2])
+    lengths = jnp.zeros((dist.shape[0], num - 1), dist.dtype)
+    carry = (dist, in_tree, dist[:, 0], lengths)
+    return jax.lax.fori_loop(0, num - 1, add_nearest, carry)[3]
 
 
 def persistence_deaths(joint: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -62,7 +67,7 @@ def persistence_deaths(joint: jax.Array) -> tuple[jax.Array, jax.Array]:
     centre = joint.mean(axis=(2, 4))  # (N, C, V)
     dist = jnp.sqrt(jnp.sum((centre[:, :, :, None] - centre[:, :, None, :]) ** 2, axis=1))
     dist = (dist - dist.min()) / (dist.max() - dist.min())
-    deaths = jax.vmap(mst_edge_lengths)(dist)
+    deaths = mst_edge_lengths(dist)
     return deaths, deaths > 0
 
 
