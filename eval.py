@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from csre_jax import cli
+from csre_jax import cli, sharding
 from csre_jax.cli import exit_if_bad, start
 from csre_jax.data.datasets import load_dataset
 from csre_jax.errors import UserError
@@ -41,8 +41,8 @@ from csre_jax.evaluate.scoring import (
     write_score_files,
 )
 from csre_jax.model_card import ModelCard
-from csre_jax.training import loop
-from csre_jax.training.checkpoint import restore_variables
+from csre_jax.models.build import backbone_shapes, build_backbone
+from csre_jax.run_variables import restore_variables
 from csre_jax.workdir import RunFolder, val_scores_path
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -138,11 +138,11 @@ def score_run(workdir: Path) -> None:
     config = _run_config(run)
     dataset = load_dataset(config.data)
     card = ModelCard.from_dataset(dataset, config.data)
-    backbone = loop.build_backbone(config, card)
-    mesh = loop.make_mesh(config)
+    backbone = build_backbone(config, card)
+    mesh = sharding.mesh_for_config(config)
     eval_step = compile_eval_step(backbone, mesh, config.get("compute_dtype", "float32"))
     folder = run.checkpoint_folder(_CHECKPOINT.value)
-    variables, step = restore_variables(folder, loop.backbone_shapes(backbone, card))
+    variables, step = restore_variables(folder, backbone_shapes(backbone, card))
     output = Path(_OUTPUT.value or run.rescored_test_scores(_CHECKPOINT.value))
     score = functools.partial(
         score_dataset,

@@ -20,7 +20,7 @@ from absl import flags
 
 from csre_jax import cli
 from csre_jax.cli import start
-from csre_jax.data import pyskl
+from csre_jax.data import pyskl, pyskl_transform
 from csre_jax.errors import UserError
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
 
@@ -40,7 +40,7 @@ _IMG_SHAPE = flags.DEFINE_string(
     None,
     "H,W: the height and width in pixels of the image that 2-D keypoints come from (a .pkl "
     "sample's own img_shape wins); default {},{}, what training assumes without one.".format(
-        *pyskl.DEFAULT_IMG_SHAPE
+        *pyskl_transform.DEFAULT_IMG_SHAPE
     ),
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes printed per sequence.", lower_bound=1)

@@ -5,8 +5,8 @@
       --config.csre.temperature=0.5
 
 Re-running with the same --workdir resumes from its latest checkpoint, on any device count.
-On a cluster, start one process per host (or per GPU) with the same flags; see README.md
-("Clusters") for what starts jax.distributed.
+On a cluster, start one process per host (or per GPU) with the same flags; docs/clusters.md
+says what starts jax.distributed.
 """
 
 import sys
@@ -16,9 +16,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from csre_jax import cli
+from csre_jax.selection import describe
 from csre_jax.training.interrupts import Stopped
 from csre_jax.training.loop import train_and_evaluate
-from csre_jax.training.selection import describe
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and scores.")

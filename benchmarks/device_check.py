@@ -1,7 +1,7 @@
-"""A GPU check, ready to run (issue 16): what one accelerator does with every backbone and CSRE.
+"""A GPU check, ready to run: what one accelerator does with every backbone and CSRE.
 
-The device tool's GPU machine reaches no package registry: its python3 holds jax 0.11.2 with
-the CUDA 13 plugin, and our other pins travel as wheels. Here, once:
+On a GPU machine that reaches no package registry but whose python3 holds jax 0.11.2 with
+the CUDA 13 plugin, our other pins travel as wheels. On a machine with the registry, once:
   echo /.whl/ >> .git/info/exclude
   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl flax==0.12.8 \
@@ -9,7 +9,8 @@ the CUDA 13 plugin, and our other pins travel as wheels. Here, once:
       array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5
   python -m benchmarks.device_check --pack-ucla=../shared/data/NW-UCLA \
       --out=benchmarks/nw_ucla_packed.npz
-then run, with carry [".whl", "benchmarks/nw_ucla_packed.npz"] (19 MiB) and timeout_s 540:
+then copy the checkout with .whl/ and benchmarks/nw_ucla_packed.npz (19 MiB) to the GPU
+machine and run there, within 9 minutes ($OUT: a folder for the log):
   set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 \
       python3 -m benchmarks.device_check 2>&1 | tee $OUT/device_check.log
@@ -53,7 +54,7 @@ import numpy as np
 from benchmarks import speed
 from csre_jax import models, sharding
 from csre_jax.data import ucla
-from csre_jax.data.transforms import load_ucla_clip
+from csre_jax.data.ucla import load_ucla_clip
 from csre_jax.training import loop
 
 FULL = {"batch": 64, "frames": 64, "slots": speed.NTU120_XSUB_SLOTS, "steps": 5}

@@ -1,4 +1,4 @@
-"""How fast csre-jax trains on this machine: every speed number of issue 7, in one run.
+"""How fast csre-jax trains on this machine: every speed number, in one run.
 
   python -m benchmarks.speed                                   # about 35 min on 2 CPU cores
   python -m benchmarks.speed --torch-python=/path/to/torch/python --official-root=DIR
@@ -8,7 +8,7 @@
 The official PyTorch numbers come from benchmarks/torch_reference.py, run with a Python that
 has PyTorch (the project does not depend on it): given --torch-python and --official-root this
 run starts it first, on the same machine, so both sides share the run; --torch-json reads the
-output of an earlier one. The last table holds the issue-16 targets side by side: the
+output of an earlier one. The last table holds the speed targets side by side: the
 backbone step at batch 16 against the official step (target 1: at most 1.0x), its peak memory
 against the official one (2), the CSRE part against the official loss (3: at least 15x faster)
 with each backbone's CSRE overhead (3: at most 3%), and compile times (4: at most 20 s).
@@ -19,7 +19,7 @@ NTU120 X-sub, pre-filled so every anchor is valid, float32):
     jitted as in the train step (banks donated), at batch 64.
  2. Every backbone's train step without and with CSRE, side by side: both variants compiled in
     one process and their steps interleaved (A B A B ...), so machine noise hits both alike.
-    CTR-GCN at batch 64 (the issue's NTU120 scale), the others at batch 16: at batch 64 the
+    CTR-GCN at batch 64 (the NTU120 recipe's scale), the others at batch 16: at batch 64 the
     larger ones need more than this machine's 24 GB. Also compile time and peak host memory.
  3. The backbone step at batch 16 against the official PyTorch step on the same machine.
  4. The training input pipeline (grain, NTU feeder with crop/resize and rotation, the threads a
@@ -47,8 +47,9 @@ from benchmarks import bank_scaling
 from configs import common
 from csre_jax import models, sharding
 from csre_jax.data.datasets import Dataset
+from csre_jax.data.ntu_splits import ntu_row_to_sample
 from csre_jax.data.pipeline import Split, train_dataset
-from csre_jax.data.transforms import ntu_row_to_sample, ntu_transform
+from csre_jax.data.transforms import ntu_transform
 from csre_jax.layouts import BUILTIN_LAYOUTS
 from csre_jax.training import loop
 from csre_jax.training.state import state_sharding
@@ -336,7 +337,7 @@ def _verdict(met: bool | None) -> str:
 
 
 def targets(results: dict, part: dict, torch_ref: dict, big_batch: int, small_batch: int):
-    """Issue 16's targets, ours against the official code's numbers of this run."""
+    """The speed targets, ours against the official code's numbers of this run."""
     official_loss = torch_ref.get("csre_loss", {}).get("call_s")
     speedup = official_loss * 1000 / part["ms"] if official_loss else None
     official_slots = torch_ref.get("csre_loss", {}).get("slots", 0)
@@ -347,7 +348,7 @@ def targets(results: dict, part: dict, torch_ref: dict, big_batch: int, small_ba
         else f"ours {part['ms']:.0f} ms, official not measured"
     )
     print(
-        f"\nTargets (issue 16), float32, backbone alone at batch {small_batch}. 3. CSRE part "
+        f"\nTargets, float32, backbone alone at batch {small_batch}. 3. CSRE part "
         f"(both banks, batch {big_batch}): {loss_text} (target: at least 15x): "
         f"{_verdict(speedup and speedup >= 15)}\n"
     )

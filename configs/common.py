@@ -152,10 +152,10 @@ def set_data(config: ConfigDict, picked: dict[str, str]) -> None:
         return
     with data.unlocked():
         if data.name == "ucla":
-            data.root = "data/NW-UCLA"  # holds all_sqe/ (README, 'Datasets')
+            data.root = "data/NW-UCLA"  # holds all_sqe/ (docs/data.md)
         else:
             data.benchmark = picked["benchmark"]
-            data.root = f"data/{data.name}"  # holds the prepared split files (README, 'Datasets')
+            data.root = f"data/{data.name}"  # holds the prepared split files (docs/data.md)
             data.num_frames = NTU_WINDOW
             data.train_p_interval = NTU_TRAIN_P
             data.test_p_interval = NTU_TEST_P
@@ -178,7 +178,7 @@ def set_custom_data(data: ConfigDict) -> None:
         data.layout = "coco"
         data.train_split, data.test_split = "train", "test"  # names in the file's 'split'
         data.num_frames = CUSTOM_WINDOW
-        data.num_person = 2  # persons kept per sample (module docstring of pyskl.py)
+        data.num_person = 2  # persons kept per sample (module docstring of pyskl_transform.py)
         data.coords = 0  # 2 or 3; 0: the file's, filled in when the dataset loads
         data.use_score = True  # 2-D files with keypoint_score: the score is a third channel
         data.align = "auto"  # 3-D: auto | none | 'a,b,c,d' (z along a->b, then x along c->d)

@@ -3,14 +3,12 @@ every mistake in the flags, the config, the data or the paths ends in one 'error
 one per bad value) and a non-zero exit instead of a traceback; --verbose adds the traceback.
 Anything else is a bug and keeps its traceback."""
 
-import contextlib
-import errno
 import importlib.util
 import linecache
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,28 +17,13 @@ from ml_collections import ConfigDict
 
 from csre_jax import sharding
 from csre_jax.config_checks import ConfigError, check_config
-from csre_jax.errors import UserError
+from csre_jax.errors import UserError, user_errors
 
 # absl prints the usage and exits with status 1 after these; asking for help is no failure.
 _HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 # ml_collections' refusal to add a field to a locked ConfigDict (configs/common.py locks them).
 _LOCKED = re.compile(r'Key "(?P<key>[^"]+)" does not exist and cannot be added')
 _DID_YOU_MEAN = re.compile(r'Did you mean "(?P<key>[^"]+)"')
-# What an operating-system error means for a run, and what fixes it.
-_OS_FIXES = {
-    errno.ENOSPC: "no space left on the disk: free space there (or choose another folder) and "
-    "run the same command again",
-    errno.EDQUOT: "the disk quota is used up: free space (or choose another folder) and run the "
-    "same command again",
-    errno.EACCES: "permission denied: choose a path you may write to, or fix its permissions",
-    errno.EPERM: "operation not permitted: choose a path you may write to",
-    errno.EROFS: "the file system is read-only: choose a folder on a writable disk",
-    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
-    errno.EISDIR: "a folder stands where a file is needed: name a file",
-    errno.EEXIST: "a file of that name is in the way: choose another path",
-    errno.ENOENT: "no such file or folder: check the path",
-}
-
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print its traceback as well.")
 
 
@@ -132,32 +115,11 @@ def _fail(message: str, exit_code: int = 2) -> NoReturn:
     raise SystemExit(exit_code)
 
 
-def describe_error(error: Exception) -> str:
-    """A user error's message; an operating-system error as 'path: what it means, the fix'."""
-    if isinstance(error, OSError) and error.errno is not None:
-        what = _OS_FIXES.get(error.errno, f"{error.strerror}")
-        where = error.filename or error.filename2
-        return f"{where}: {what}" if where else what
-    return str(error) or type(error).__name__
-
-
-@contextlib.contextmanager
-def user_errors(verbose: bool | None = None) -> Iterator[None]:
-    """Turns a UserError or OSError raised inside into one 'error:' line and exit status 1
-    (the traceback first when verbose; default: the --verbose flag)."""
-    try:
-        yield
-    except (UserError, OSError) as error:
-        if _VERBOSE.value if verbose is None else verbose:
-            traceback.print_exc()
-        _fail(describe_error(error), exit_code=1)
-
-
 def run(main: Callable[[list[str]], None]) -> None:
     """absl's app.run with parse_flags and the user-error boundary around `main`."""
 
     def guarded(argv: list[str]) -> None:
-        with user_errors():
+        with user_errors(_VERBOSE.value):
             main(argv)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -13,15 +13,13 @@ from pathlib import Path
 import jax
 from ml_collections import ConfigDict
 
-from csre_jax import models
+from csre_jax import models, selection
 from csre_jax.csre.loss import SAMPLING_MODES
 from csre_jax.csre.model import BANK_NAMES
 from csre_jax.data.transforms import STREAMS, VARIANTS
+from csre_jax.errors import UserError
 
 # What csre_jax.data.datasets.load_dataset, optimizer.from_config and the train step dispatch on.
-from csre_jax.errors import UserError
-from csre_jax.training import selection
-
 CHOICES = {
     "compute_dtype": ("float32", "bfloat16", "float64"),
     "select_on": ("auto", *selection.RULES),

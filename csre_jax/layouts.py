@@ -364,7 +364,8 @@ def load_layout(name_or_path: str | Layout) -> Layout:
     if path.suffix != ".json" or not path.is_file():
         raise UserError(
             f"unknown layout {name_or_path!r}: name a built-in one "
-            f"({', '.join(BUILTIN_LAYOUTS)}) or an existing .json file (README, 'Your own data')"
+            f"({', '.join(BUILTIN_LAYOUTS)}) or an existing .json file (docs/data.md, "
+            "'Your own data')"
         )
     try:
         spec = json.loads(path.read_text())

@@ -22,13 +22,13 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from csre_jax import compile_cache, sharding
-from csre_jax.data import datasets, ntu_prepare, pyskl
+from csre_jax.data import datasets, ntu_prepare, pyskl_transform
 from csre_jax.data.ntu_raw import read_skeleton
 from csre_jax.errors import UserError
 from csre_jax.evaluate.scoring import compile_eval_step
 from csre_jax.model_card import ModelCard
-from csre_jax.training import loop
-from csre_jax.training.checkpoint import restore_variables
+from csre_jax.models.build import backbone_shapes, build_backbone
+from csre_jax.run_variables import restore_variables
 from csre_jax.workdir import RunFolder
 
 NTU_PERSONS = 2
@@ -91,7 +91,7 @@ class Predictor:
         program evaluation compiled (and finds it in the compilation cache)."""
         self.config, self.card = config, card
         self.batch_size = batch_size or config.data.eval_batch_size
-        self._mesh = loop.make_mesh(config)
+        self._mesh = sharding.mesh_for_config(config)
         self._eval_step = compile_eval_step(
             backbone, self._mesh, config.get("compute_dtype", "float32")
         )
@@ -100,7 +100,7 @@ class Predictor:
         if data.name == "custom":  # the card's layout: the JSON file the run named may be gone
             data = ConfigDict(data.to_dict(), type_safe=False)
             data.layout = card.layout
-            self._transform: Callable = pyskl.inference_transform(data)
+            self._transform: Callable = pyskl_transform.inference_transform(data)
         else:
             self._transform = self._builtin_transform(datasets.sample_transform(data, train=False))
 
@@ -115,9 +115,9 @@ class Predictor:
             raise FileNotFoundError(f"{run.config}: not found; is {run.root} a train.py workdir?")
         config = ConfigDict(json.loads(run.config.read_text()))
         card = ModelCard.load(run.model_card)
-        backbone = loop.build_backbone(config, card)
+        backbone = build_backbone(config, card)
         variables, _ = restore_variables(
-            run.checkpoint_folder(checkpoint), loop.backbone_shapes(backbone, card)
+            run.checkpoint_folder(checkpoint), backbone_shapes(backbone, card)
         )
         return cls(config, card, backbone, variables, batch_size)
 

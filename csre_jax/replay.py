@@ -50,8 +50,9 @@ from csre_jax.data.pipeline import Split
 from csre_jax.errors import UserError
 from csre_jax.layouts import BUILTIN_LAYOUTS
 from csre_jax.models import hyperformer, torch_io
+from csre_jax.run_variables import backbone_variables
 from csre_jax.training import loop
-from csre_jax.training.state import TrainState, backbone_variables, state_sharding
+from csre_jax.training.state import TrainState, state_sharding
 
 BANKS = ("spatial", "temporal")
 SCALARS = (

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
 
 from csre_jax.errors import UserError
 
@@ -39,6 +40,17 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
         raise UserError(f"asked for {count} devices but only {available} are visible")
     # Auto axes let XLA place intermediates; the state and batch shardings below are explicit.
     return jax.make_mesh((count,), (DATA_AXIS,), (AxisType.Auto,), devices=jax.devices()[:count])
+
+
+def mesh_for_config(config: ConfigDict) -> Mesh:
+    """The mesh of config.num_devices devices (0: all), which must split every batch."""
+    mesh = make_mesh(config.num_devices or None)
+    for name in ("batch_size", "eval_batch_size"):
+        if config.data[name] % mesh.size:
+            raise UserError(
+                f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
+            )
+    return mesh
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

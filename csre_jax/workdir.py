@@ -12,6 +12,9 @@
 <workdir>/scores/val_scores.npz    its validation scores (with a held-out split)
 <workdir>/scores/test_scores_<which>.npz  eval.py --workdir's scores of the best or latest
                                    model (and val_scores_<which>.npz)
+
+Its readers need none of training: csre_jax.run_metrics reads metrics.jsonl,
+csre_jax.run_variables a checkpoint's backbone variables.
 """
 
 import contextlib

@@ -19,8 +19,9 @@ import pytest
 from absl import logging as absl_logging
 
 from configs import hcn
+from csre_jax.run_variables import restore_variables
 from csre_jax.training import loop
-from csre_jax.training.checkpoint import Checkpointer, restore_variables
+from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.state import state_sharding
 
 PROGRESS = {"window": {"sums": {"loss": 2.5}, "count": 2}, "epoch": {"sums": {}, "count": 0}}

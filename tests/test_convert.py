@@ -7,7 +7,8 @@ import pytest
 from configs import ctrgcn
 from csre_jax.data import convert, pyskl, ucla
 from csre_jax.data.datasets import load_dataset
-from csre_jax.data.transforms import load_ucla_clip, ntu_row_to_sample
+from csre_jax.data.ntu_splits import ntu_row_to_sample
+from csre_jax.data.ucla import load_ucla_clip
 from tests import pyskl_files as files
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/device_check.py waits for a GPU session: these keep it runnable meanwhile."""
+"""benchmarks/device_check.py is for a GPU: these keep it runnable on the CPU meanwhile."""
 
 import re
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks import device_check
 from csre_jax.data import ucla
-from csre_jax.data.transforms import load_ucla_clip
+from csre_jax.data.ucla import load_ucla_clip
 
 REPO = Path(__file__).resolve().parents[1]
 

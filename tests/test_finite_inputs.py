@@ -8,7 +8,7 @@ import pytest
 
 from csre_jax.data import ntu_prepare, synthetic, ucla
 from csre_jax.data.ntu_raw import SkeletonFormatError, read_skeleton
-from csre_jax.data.transforms import NonFiniteClipError
+from csre_jax.data.ucla import NonFiniteClipError
 
 NAN_SAMPLE = "S001C001P001R001A001"  # one body, 103 frames of 28 lines: 1 + 28 f + 4 + j
 NAN_LINE = 288  # frame 10, joint 3 (head); its y is 0.8074534

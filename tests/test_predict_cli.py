@@ -15,7 +15,7 @@ import numpy as np
 import pyskl_files
 import pytest
 
-from csre_jax.data import pyskl
+from csre_jax.data import pyskl, pyskl_transform
 from csre_jax.model_card import ModelCard
 from csre_jax.training import loop
 from csre_jax.workdir import RunFolder
@@ -145,7 +145,7 @@ def test_npy_with_the_score_as_last_channel_predicts_as_the_pkl(run, test_split,
     (no --img_shape), the score appended to x and y."""
     sample = _first_test_sample(run)
     h, w = pyskl_files.IMG_SHAPE
-    default_h, default_w = pyskl.DEFAULT_IMG_SHAPE
+    default_h, default_w = pyskl_transform.DEFAULT_IMG_SHAPE
     keypoint = sample["keypoint"].astype(np.float64) * [default_w / w, default_h / h]
     array = np.concatenate([keypoint, sample["keypoint_score"][..., None]], axis=-1)
     np.save(folder / "clip.npy", np.stack([array, array]).astype(np.float32))

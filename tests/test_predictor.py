@@ -12,16 +12,16 @@ import numpy as np
 import pyskl_files
 import pytest
 
-from csre_jax.data import transforms
+from csre_jax.data import ntu_splits, transforms, ucla
 from csre_jax.layouts import load_layout
 from csre_jax.model_card import ModelCard
+from csre_jax.models.build import build_backbone
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
-from csre_jax.training import loop
 
 
 def _predictor(config, card: ModelCard) -> Predictor:
     config.num_devices = 1
-    return Predictor(config, card, loop.build_backbone(config, card), variables={})
+    return Predictor(config, card, build_backbone(config, card), variables={})
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_ntu_skeleton_file_becomes_the_official_test_sample(ntu_predictor, share
     ours = [ntu_predictor.inputs(keypoints_from_skeleton_file(path))["x"] for path in raw]
     rows = np.load(shared_dir / "fixtures" / "ntu_pipeline" / "NTU60_CV.npz")["x_test"]
     feeder = transforms.ntu_transform(train=False, stream="joint", variant="ctrgcn")
-    official = [feeder(transforms.ntu_row_to_sample(row), None) for row in rows]
+    official = [feeder(ntu_splits.ntu_row_to_sample(row), None) for row in rows]
     assert len(ours) == len(official) == 4
     matches = [min(range(4), key=lambda j, x=x: np.abs(x - official[j]).max()) for x in ours]
     assert sorted(matches) == [0, 1, 2, 3]
@@ -106,7 +106,7 @@ def test_ucla_clip_becomes_the_official_test_sample(shared_dir):
     clips = shared_dir / "data" / "NW-UCLA" / "all_sqe"
     names, samples = fixture["ctrgcn_ucla_val_names"], fixture["ctrgcn_ucla_val_bone"]
     for name, official in list(zip(names, samples, strict=True))[:4]:
-        clip = transforms.load_ucla_clip(clips / f"{name}.json")
+        clip = ucla.load_ucla_clip(clips / f"{name}.json")
         np.testing.assert_allclose(predictor.inputs(clip[None])["x"], official, atol=1e-5)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import ctrgcn
-from csre_jax.data import pyskl
+from csre_jax.data import pyskl, pyskl_transform
 from csre_jax.data.datasets import load_dataset
 from csre_jax.data.pipeline import eval_batches, train_dataset
 from csre_jax.evaluate import scoring
@@ -51,7 +51,7 @@ def test_2d_coco_file_with_scores_loads_and_batches(coco):
 def test_inference_transform_is_the_deterministic_test_path(coco):
     config = custom_config(coco, arg="custom,joint_motion")
     dataset = load_dataset(config.data)
-    infer = pyskl.inference_transform(config.data)
+    infer = pyskl_transform.inference_transform(config.data)
     annotations = pyskl.read(coco)["annotations"]
     for position in range(len(dataset.test)):
         ann = annotations[8 + position]
@@ -61,33 +61,37 @@ def test_inference_transform_is_the_deterministic_test_path(coco):
         np.testing.assert_array_equal(
             got, infer(ann["keypoint"], ann["keypoint_score"], ann["img_shape"])
         )
-    assert got.shape == pyskl.input_spec(config.data).shape == (3, 100, 17, 2)
+    assert got.shape == pyskl_transform.input_spec(config.data).shape == (3, 100, 17, 2)
     with pytest.raises(ValueError, match="keypoint_score"):
         infer(ann["keypoint"], None, None)
 
 
 def test_2d_coordinates_are_scaled_by_the_image_as_pyskl_does():
-    spec = pyskl.InputSpec(BUILTIN_LAYOUTS["coco"], 2, True, 10, 2, "joint")
+    spec = pyskl_transform.InputSpec(BUILTIN_LAYOUTS["coco"], 2, True, 10, 2, "joint")
     keypoint = np.zeros((1, 3, 17, 2))
     keypoint[0, :, 0] = [320, 0]  # the top centre of a 480 x 640 image
-    packed = pyskl.pack(keypoint, np.full((1, 3, 17), 0.5), (480, 640), spec)
+    packed = pyskl_transform.pack(keypoint, np.full((1, 3, 17), 0.5), (480, 640), spec)
     np.testing.assert_allclose(packed[:, 0, 0, 0], [0, -1, 0.5])  # (C', M, T, V)
     np.testing.assert_allclose(packed[:, 0, 0, 1], [-1, -1, 0.5])
-    default = pyskl.pack(keypoint, np.ones((1, 3, 17)), None, spec)  # pyskl's 1080 x 1920
+    default = pyskl_transform.pack(keypoint, np.ones((1, 3, 17)), None, spec)  # pyskl's 1080 x 1920
     np.testing.assert_allclose(default[:2, 0, 0, 0], [320 / 960 - 1, -1])
 
 
 def test_uniform_sampling_follows_pyskl():
-    short = pyskl.uniform_sample(7, 10, None)
+    short = pyskl_transform.uniform_sample(7, 10, None)
     np.testing.assert_array_equal(short, [0, 1, 2, 3, 4, 5, 6, 0, 1, 2])  # looped
-    middle = pyskl.uniform_sample(15, 10, None)
+    middle = pyskl_transform.uniform_sample(15, 10, None)
     assert len(set(middle)) == 10 and np.all(np.diff(middle) >= 1) and middle.max() <= 14
-    long = pyskl.uniform_sample(100, 10, None)
+    long = pyskl_transform.uniform_sample(100, 10, None)
     np.testing.assert_array_equal(long // 10, np.arange(10))  # one frame per segment
-    np.testing.assert_array_equal(long, pyskl.uniform_sample(100, 10, None))
-    draws = {tuple(pyskl.uniform_sample(100, 10, np.random.default_rng(s))) for s in range(5)}
+    np.testing.assert_array_equal(long, pyskl_transform.uniform_sample(100, 10, None))
+    draws = {
+        tuple(pyskl_transform.uniform_sample(100, 10, np.random.default_rng(s))) for s in range(5)
+    }
     assert len(draws) > 1
-    assert {pyskl.uniform_sample(7, 10, np.random.default_rng(s))[0] for s in range(20)} != {0}
+    assert {
+        pyskl_transform.uniform_sample(7, 10, np.random.default_rng(s))[0] for s in range(20)
+    } != {0}
 
 
 def test_3d_user_layout_is_centred_and_aligned(tmp_path):
@@ -100,7 +104,7 @@ def test_3d_user_layout_is_centred_and_aligned(tmp_path):
     # A turned, moved torso of exactly one window: the test path keeps frame 0 first.
     turn = np.array([[0.0, -1, 0], [0, 0, 1], [-1, 0, 0]])
     keypoint = (files.TORSO_POSE @ turn.T + [1, 2, 3])[None, None].repeat(100, axis=1)
-    x = pyskl.inference_transform(config.data)(keypoint)
+    x = pyskl_transform.inference_transform(config.data)(keypoint)
     first = x[:, 0, :, 0].T  # (V, 3)
     np.testing.assert_allclose(first[1], 0, atol=1e-6)  # the centre joint is the origin
     spine, shoulders = first[1] - first[0], first[4] - first[3]
@@ -109,7 +113,7 @@ def test_3d_user_layout_is_centred_and_aligned(tmp_path):
     np.testing.assert_allclose(first, files.TORSO_POSE - files.TORSO_POSE[1], atol=1e-5)
     assert not x[..., 1].any()  # one person, zero-padded to two
     config.data.align = "none"
-    unaligned = pyskl.inference_transform(config.data)(keypoint)[:, 0, :, 0].T
+    unaligned = pyskl_transform.inference_transform(config.data)(keypoint)[:, 0, :, 0].T
     np.testing.assert_allclose(unaligned, (keypoint[0, 0] - keypoint[0, 0, 1]), atol=1e-5)
 
 
@@ -118,7 +122,7 @@ def test_3d_training_rotates_about_the_origin(tmp_path):
     config = custom_config(pkl, layout_path)
     dataset = load_dataset(config.data)
     config.data.augment = False
-    unrotated = pyskl.sample_transform(config.data, train=True)
+    unrotated = pyskl_transform.sample_transform(config.data, train=True)
     for s in range(3):
         x = dataset.train.x[s]
         rotated = dataset.train_transform(x, np.random.default_rng(s))
@@ -133,23 +137,25 @@ def test_3d_training_rotates_about_the_origin(tmp_path):
 def test_flip_swaps_left_and_right_joints_and_negates_x():
     layout = BUILTIN_LAYOUTS["coco"]
     clip = np.random.default_rng(0).normal(size=(3, 4, 17, 2)).astype(np.float32)
-    flipped = pyskl.flip_2d(clip, np.array(layout.flip_permutation()))
+    flipped = pyskl_transform.flip_2d(clip, np.array(layout.flip_permutation()))
     left, right = 5, 6  # the shoulders
     np.testing.assert_array_equal(flipped[0, :, left], -clip[0, :, right])
     np.testing.assert_array_equal(flipped[1:, :, left], clip[1:, :, right])  # y and score
     np.testing.assert_array_equal(flipped[0, :, 0], -clip[0, :, 0])  # the nose stays
-    np.testing.assert_array_equal(pyskl.flip_2d(flipped, np.array(layout.flip_permutation())), clip)
+    np.testing.assert_array_equal(
+        pyskl_transform.flip_2d(flipped, np.array(layout.flip_permutation())), clip
+    )
 
 
 def test_2d_training_flips_about_half_the_draws():
     config = ctrgcn.get_config("custom")
     config.data.coords = 2  # as load_dataset fills it in for a 2-D file
-    transform = pyskl.sample_transform(config.data, train=True)
-    spec = pyskl.input_spec(config.data)
+    transform = pyskl_transform.sample_transform(config.data, train=True)
+    spec = pyskl_transform.input_spec(config.data)
     keypoint = np.zeros((1, 50, 17, 2))
     keypoint[..., 0] = 480  # x = 0.5 in [-1, 1]: about -0.5 when flipped
     keypoint[..., 1] = 240  # y = 0
-    packed = pyskl.pack(keypoint, np.ones((1, 50, 17)), (480, 640), spec)
+    packed = pyskl_transform.pack(keypoint, np.ones((1, 50, 17)), (480, 640), spec)
     flipped = [
         transform(packed, np.random.default_rng(s))[0, :, :, 0].mean() < 0 for s in range(200)
     ]
@@ -157,20 +163,20 @@ def test_2d_training_flips_about_half_the_draws():
 
 
 def test_persons_beyond_num_person_are_dropped_by_score_or_motion():
-    spec = pyskl.InputSpec(BUILTIN_LAYOUTS["coco"], 2, True, 8, 2, "joint")
+    spec = pyskl_transform.InputSpec(BUILTIN_LAYOUTS["coco"], 2, True, 8, 2, "joint")
     keypoint = np.stack([np.full((8, 17, 2), 100.0 * (m + 1)) for m in range(3)])
     score = np.stack([np.full((8, 17), s) for s in (0.9, 0.1, 0.5)])
     config = ctrgcn.get_config("custom").data
     config.update(coords=2, num_frames=8)
-    x = pyskl.inference_transform(config)(keypoint, score, (480, 640))
+    x = pyskl_transform.inference_transform(config)(keypoint, score, (480, 640))
     np.testing.assert_allclose(x[2, 0, 0], [0.9, 0.5])  # persons 0 and 2, in their order
     np.testing.assert_allclose(x[1, 0, 0], [100 / 240 - 1, 300 / 240 - 1], rtol=1e-6)
-    assert pyskl.pack(keypoint, score, (480, 640), spec).shape == (3, 3, 8, 17)
+    assert pyskl_transform.pack(keypoint, score, (480, 640), spec).shape == (3, 3, 8, 17)
     # 3-D without scores: the largest motion energy (NTU's rule)
     config.update(coords=3, align="none")
     rng = np.random.default_rng(0)
     moving = [rng.normal(0, s, (8, 17, 3)) + 5 for s in (0.1, 1.0, 0.01, 0.5)]
-    x = pyskl.inference_transform(config)(np.stack(moving))
+    x = pyskl_transform.inference_transform(config)(np.stack(moving))
     kept = x.transpose(3, 1, 2, 0)  # (M, T, V, C) centred on person 1's first centre joint
     origin = moving[1][0, 0]
     np.testing.assert_allclose(kept[0], moving[1] - origin, atol=1e-5)  # the main one first
@@ -286,7 +292,7 @@ def test_missing_path_and_wrong_coords_are_named(coco):
     with pytest.raises(ValueError, match=r"2-D but data.coords=3; set --config.data.coords=2"):
         load_dataset(config.data)
     with pytest.raises(ValueError, match="data.coords=0"):
-        pyskl.inference_transform(ctrgcn.get_config("custom").data)
+        pyskl_transform.inference_transform(ctrgcn.get_config("custom").data)
 
 
 def test_a_sample_in_both_splits_is_refused(tmp_path):

@@ -15,7 +15,8 @@ from csre_jax.evaluate.ensembles import evaluate_runs
 from csre_jax.evaluate.reports import write_report
 from csre_jax.evaluate.runs import load_runs
 from csre_jax.evaluate.scores import save_scores
-from csre_jax.training.metrics import MetricWriter, read_metrics
+from csre_jax.run_metrics import read_metrics
+from csre_jax.training.metrics import MetricWriter
 from csre_jax.workdir import RunFolder
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@
 import pytest
 from ml_collections import ConfigDict
 
-from csre_jax.training import selection
+from csre_jax import selection
 
 # Four evaluations: validation peaks at epoch 2 (tied at 4), test at epoch 3.
 EPOCHS = [

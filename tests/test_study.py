@@ -13,10 +13,10 @@ import pytest
 from scipy import stats as scipy_stats
 
 from configs import synthetic
+from csre_jax.run_metrics import read_metrics
 from csre_jax.study import StudyError, plan, report, stats
 from csre_jax.study.variants import NAMED, parse_variants
 from csre_jax.training import loop
-from csre_jax.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1]

@@ -16,9 +16,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic
+from csre_jax.run_metrics import read_metrics
+from csre_jax.run_variables import restore_variables
 from csre_jax.training import loop
-from csre_jax.training.checkpoint import Checkpointer, restore_variables
-from csre_jax.training.metrics import read_metrics
+from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.run_record import ResumeRefused
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ def test_missing_dataset_names_the_file_and_the_fix(tmp_path):
         loop.build(config)
     message = str(error.value)
     assert str(tmp_path / "nowhere" / "NTU120_CSet.npz") in message
-    assert "data.root" in message and "README" in message
+    assert "data.root" in message and "docs/data.md" in message
 
 
 @pytest.mark.parametrize(

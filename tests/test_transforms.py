@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from csre_jax.data import transforms as T
+from csre_jax.data.ntu_splits import ntu_row_to_sample
+from csre_jax.data.ucla import load_ucla_clip
 
 NTU_DATA = ("NTU60_CV", "NTU120_CSub")
 UCLA_FIXTURE_CLIPS = 16
@@ -23,7 +25,7 @@ def ntu_test_splits(shared_dir):
     splits = {}
     for data in NTU_DATA:
         with np.load(shared_dir / "fixtures" / "ntu_pipeline_noisy" / f"{data}.npz") as f:
-            samples = np.stack([T.ntu_row_to_sample(row) for row in f["x_test"]])
+            samples = np.stack([ntu_row_to_sample(row) for row in f["x_test"]])
             splits[data] = samples, f["y_test"].argmax(axis=1)
     return splits
 
@@ -34,7 +36,7 @@ def ucla_val(shared_dir):
     split = json.loads((shared_dir / "spec" / "nw_ucla_split.json").read_text())
     entries = split["val"][:UCLA_FIXTURE_CLIPS]
     folder = shared_dir / "data" / "NW-UCLA" / "all_sqe"
-    clips = [T.load_ucla_clip(folder / f"{e['file_name']}.json") for e in entries]
+    clips = [load_ucla_clip(folder / f"{e['file_name']}.json") for e in entries]
     return clips, [e["label"] - 1 for e in entries], [e["file_name"] for e in entries]
 
 
@@ -70,7 +72,7 @@ def test_fixture_labels_and_names(official, ntu_test_splits, ucla_val, variant):
 
 def test_ntu_row_layout():
     row = np.arange(300 * 150, dtype=np.float32).reshape(300, 150)
-    x = T.ntu_row_to_sample(row)
+    x = ntu_row_to_sample(row)
     assert x.shape == (3, 300, 25, 2)
     # column = person * 75 + joint * 3 + coordinate
     assert x[2, 7, 4, 1] == row[7, 75 + 4 * 3 + 2]
@@ -130,7 +132,7 @@ def test_train_transform_needs_generator():
 
 
 def test_single_frame_ucla_clip(shared_dir):
-    clip = T.load_ucla_clip(shared_dir / "data" / "NW-UCLA" / "all_sqe" / "a02_s09_e04_v03.json")
+    clip = load_ucla_clip(shared_dir / "data" / "NW-UCLA" / "all_sqe" / "a02_s09_e04_v03.json")
     assert clip.shape == (1, 20, 3)
     for train, rng in ((False, None), (True, np.random.default_rng(0))):
         out = T.ucla_transform(train=train, stream="joint", variant="csre")(clip, rng)
@@ -197,4 +199,4 @@ def test_bad_ucla_json_names_the_file(tmp_path):
         path = tmp_path / name
         path.write_text(text)
         with pytest.raises(ValueError, match=name):
-            T.load_ucla_clip(path)
+            load_ucla_clip(path)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from csre_jax.cli import user_errors
 from csre_jax.data import pyskl, ucla
-from csre_jax.data.datasets import npz_member_memmap
-from csre_jax.data.transforms import ntu_row_to_sample, valid_frame_count
-from csre_jax.errors import UserError
+from csre_jax.data.ntu_splits import npz_member_memmap, ntu_row_to_sample
+from csre_jax.data.transforms import valid_frame_count
+from csre_jax.errors import UserError, user_errors
 from csre_jax.fileio import atomic_write
 
 Samples = list[dict]

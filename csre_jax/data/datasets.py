@@ -1,27 +1,19 @@
 """Which samples a config trains and tests on, and how each sample is transformed.
 
-`load_dataset(config.data)` is the one entry point; data never imports models.
+`load_dataset(config.data)` is the one entry point: data.name picks a reader and a
+transform, and this module joins them into a `Dataset`; data never imports models.
 """
 
 import dataclasses
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from csre_jax.data import synthetic, transforms
+from csre_jax.data import ntu_splits, pyskl, pyskl_transform, synthetic, transforms, ucla
 from csre_jax.data.pipeline import Split, Transform
 from csre_jax.errors import UserError
-from csre_jax.layouts import BUILTIN_LAYOUTS, Layout
-
-# Split files as the official NTU preparation names them, per (dataset, benchmark).
-NTU_SPLIT_FILES = {
-    ("ntu60", "xsub"): "NTU60_CS.npz",
-    ("ntu60", "xview"): "NTU60_CV.npz",
-    ("ntu120", "xsub"): "NTU120_CSub.npz",
-    ("ntu120", "xset"): "NTU120_CSet.npz",
-}
+from csre_jax.layouts import BUILTIN_LAYOUTS, Layout, load_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +56,8 @@ class Dataset:
 def load_dataset(data: ConfigDict) -> Dataset:
     """data.keep_joint (BlockGCN) adds each sample's absolute joints as the input 'joint';
     data.val_fraction holds that share of every class's training samples out for validation.
-    'custom' reads a pyskl annotation pickle (`pyskl.load`, which fills data.coords and
-    data.use_score in from the file)."""
+    'custom' reads a pyskl annotation pickle and fills data.coords and data.use_score in from
+    the file."""
     if data.name == "synthetic":
         return _synthetic(data)
     if data.name in ("ntu60", "ntu120"):
@@ -147,15 +139,13 @@ def sample_transform(data: ConfigDict, *, train: bool) -> Transform | None:
             variant=data.feeder_variant,
             keep_joint=keep_joint,
         )
-        return lambda row, rng: ntu(transforms.ntu_row_to_sample(row), rng)
+        return lambda row, rng: ntu(ntu_splits.ntu_row_to_sample(row), rng)
     if data.name == "ucla":
         return transforms.ucla_transform(
             train=train, stream=data.stream, variant=data.feeder_variant, keep_joint=keep_joint
         )
     if data.name == "custom":
-        from csre_jax.data import pyskl  # noqa: PLC0415 (only custom runs need it)
-
-        return pyskl.sample_transform(data, train=train)
+        return pyskl_transform.sample_transform(data, train=train)
     raise UserError(f"data.name={data.name!r} is not a known dataset")
 
 
@@ -183,24 +173,12 @@ def _synthetic(data: ConfigDict) -> Dataset:
 
 
 def _ntu(data: ConfigDict) -> Dataset:
-    key = (data.name, data.benchmark)
-    if key not in NTU_SPLIT_FILES:
-        choices = sorted(b for n, b in NTU_SPLIT_FILES if n == data.name)
-        raise UserError(f"data.benchmark={data.benchmark!r} for {data.name}: choose {choices}")
-    path = Path(data.root).expanduser() / NTU_SPLIT_FILES[key]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the {data.name} {data.benchmark} split file is missing "
-            f"(config field data.root={data.root!r}). Prepare it from the raw .skeleton files "
-            f"as the README's 'Datasets' section shows, or point --config.data.root at the "
-            f"folder that holds {NTU_SPLIT_FILES[key]}."
-        )
-
+    path = ntu_splits.split_file(data.root, data.name, data.benchmark)
     num_classes = 60 if data.name == "ntu60" else 120
-    full_train = npz_split(path, "train", num_classes)
+    full_train = Split(*ntu_splits.load_split(path, "train"), num_classes)
     dataset = Dataset(
         train=full_train,
-        test=npz_split(path, "test", num_classes),
+        test=Split(*ntu_splits.load_split(path, "test"), num_classes),
         layout=BUILTIN_LAYOUTS["ntu"],
         train_transform=sample_transform(data, train=True),
         test_transform=sample_transform(data, train=False),
@@ -211,8 +189,6 @@ def _ntu(data: ConfigDict) -> Dataset:
 def _ucla(data: ConfigDict) -> Dataset:
     """NW-UCLA from CTR-GCN's JSON clips; the training list is repeated (bank slot i is
     clip i mod 1,020), as the official feeder does."""
-    from csre_jax.data import ucla  # noqa: PLC0415 (only NW-UCLA runs need it)
-
     num_classes = 10
     base_train = Split(*ucla.load_split(data.root, "train"), num_classes)
     test_clips, test_labels = ucla.load_split(data.root, "val")
@@ -231,61 +207,40 @@ def _ucla(data: ConfigDict) -> Dataset:
 
 
 def _custom(data: ConfigDict) -> Dataset:
-    """A pyskl annotation pickle in any layout (csre_jax/data/pyskl.py)."""
-    from csre_jax.data import pyskl  # noqa: PLC0415 (only custom runs need it)
+    """A pyskl annotation pickle in any layout, checked whole first.
 
-    loaded = pyskl.load(data)
+    Fills in what the file decides, so the run's saved config rebuilds the same input spec:
+    data.coords (0: the file's) and data.use_score (kept only for 2-D files with scores).
+    data.class_names optionally names a text file with one class name per line, by label.
+    """
+    if not data.path:
+        raise UserError(
+            "data.path is empty: name your pyskl annotation pickle, e.g. "
+            "--config.data.path=my.pkl --config.data.layout=coco (docs/data.md, 'Your own data')"
+        )
+    layout = load_layout(data.layout)
+    path = Path(data.path).expanduser()
+    content, checked = pyskl.load(path, layout, data.coords)
+    data.coords = checked.coords
+    data.use_score = bool(data.use_score) and checked.has_score and checked.coords == 2
+    spec = pyskl_transform.input_spec(data)
+    split_names = (data.train_split, data.test_split)
+    train, test = pyskl.split_samples(content, str(path), checked, split_names)
+    class_names = pyskl.read_class_names(data.get("class_names", ""), checked.num_classes)
+
+    def packed(samples: pyskl.Samples) -> Split:
+        x = pyskl_transform.Packed(samples.annotations, spec)
+        return Split(x, samples.labels, checked.num_classes)
+
+    full_train = packed(train)
     dataset = Dataset(
-        train=loaded.train,
-        test=loaded.test,
-        layout=pyskl.input_spec(data).layout,
+        train=full_train,
+        test=packed(test),
+        layout=spec.layout,
         train_transform=sample_transform(data, train=True),
         test_transform=sample_transform(data, train=False),
-        class_names=loaded.class_names,
-        train_names=loaded.train_names,
-        test_names=loaded.test_names,
+        class_names=class_names,
+        train_names=train.names,
+        test_names=test.names,
     )
-    return _with_validation(dataset, loaded.train, data)
-
-
-def npz_split(path: Path, split: str, num_classes: int) -> Split:
-    """x_<split> memory-mapped (split files are tens of GB), one-hot y_<split> decoded."""
-    try:
-        with np.load(path) as npz:
-            missing = {f"x_{split}", f"y_{split}"} - set(npz.files)
-            if missing:
-                raise UserError(f"{path}: missing array(s) {sorted(missing)}; found {npz.files}")
-            labels = np.argmax(npz[f"y_{split}"], axis=1).astype(np.int32)
-        return Split(npz_member_memmap(path, f"x_{split}"), labels, num_classes)
-    except (zipfile.BadZipFile, EOFError, ValueError) as error:  # truncated or not an .npz
-        if isinstance(error, UserError):
-            raise
-        raise UserError(
-            f"{path}: not a readable split file ({type(error).__name__}: {error}); prepare it "
-            "again with python -m csre_jax.data.ntu_prepare (README, 'Datasets')"
-        ) from error
-
-
-def npz_member_memmap(path: Path, key: str) -> np.ndarray:
-    """A read-only memmap of an uncompressed .npz member; compressed members are loaded."""
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{key}.npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            with np.load(path) as npz:
-                return npz[key]
-    with path.open("rb") as f:
-        f.seek(info.header_offset)
-        local_header = f.read(30)
-        name_length = int.from_bytes(local_header[26:28], "little")
-        extra_length = int.from_bytes(local_header[28:30], "little")
-        f.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(f)
-        offset = f.tell()
-    order = "F" if fortran_order else "C"
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order=order)
+    return _with_validation(dataset, full_train, data)

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from csre_jax.cli import user_errors
 from csre_jax.data.ntu_raw import RawSkeleton, read_skeleton
-from csre_jax.errors import UserError
+from csre_jax.errors import UserError, user_errors
 from csre_jax.fileio import atomic_write
 
 # Denoising thresholds of the official script (the motion filter there is disabled, so absent).

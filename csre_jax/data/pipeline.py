@@ -1,19 +1,25 @@
 """grain pipelines: the training stream (with its checkpointable position) and the test pass.
 
-Every element is {'x': (C, T, V, M) float32, 'label': int32, 'index': int32}, plus any
-extra model input the transform returns (BlockGCN's 'joint'); 'index' is the sample's
-position in its split, which is its memory-bank slot.
+The data package's lowest layer (its __init__ draws the rest): a `Split` holds one split's
+samples and labels, a `Transform` turns one sample into model inputs, and the pipelines below
+batch the pairs. Every element is {'x': (C, T, V, M) float32, 'label': int32, 'index': int32},
+plus any extra model input the transform returns (BlockGCN's 'joint'); 'index' is the
+sample's position in its split, which is its memory-bank slot.
 """
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
 
-from csre_jax.data.transforms import Transform
 from csre_jax.errors import UserError
+
+Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]]
+"""One sample -> its model inputs: the stream array, or a dict of 'x' and extra inputs
+(BlockGCN's 'joint'). It receives a numpy Generator in training and None at test time, when
+it must be deterministic."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,24 +1,20 @@
-"""Per-sample feeder transforms of the official NTU and NW-UCLA loaders, in NumPy.
+"""Per-sample feeder transforms of the official NTU and NW-UCLA loaders, in NumPy, and the
+streams (joint, bone, their motion) that every feeder computes.
 
 Every function works on one sample in the official layout (C=3, T, V, M) unless it says
-otherwise, so grain pipelines can call them per element. A `Transform` receives a numpy
-Generator in training and None at test time; the test path is deterministic and matches the
-official feeders' outputs (shared/fixtures/feeders_test_mode.npz). With keep_joint a
-transform also returns the absolute joints the stream was computed from, as BlockGCN's
-feeder does: {"x": stream, "joint": joints}.
+otherwise (the NW-UCLA feeder takes a raw (F, 20, 3) clip), so grain pipelines can call them
+per element. Each feeder is a `pipeline.Transform`; its test path is deterministic and matches
+the official feeders' outputs (shared/fixtures/feeders_test_mode.npz). With keep_joint a
+transform also returns the absolute joints the stream was computed from, as BlockGCN's feeder
+does: {"x": stream, "joint": joints}.
 """
 
 import functools
-import json
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from csre_jax.errors import UserError
+from csre_jax.data.pipeline import Transform
 from csre_jax.layouts import Layout, load_layout
-
-Transform = Callable[[np.ndarray, np.random.Generator | None], np.ndarray | dict[str, np.ndarray]]
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 VARIANTS = ("ctrgcn", "csre")
@@ -36,26 +32,16 @@ UCLA_BONE_PAIRS = (
     (20, 19),
 )  # fmt: skip
 
-NTU_JOINTS, NTU_PERSONS = 25, 2
 NTU_WINDOW = 64
 NTU_TRAIN_P = (0.5, 1.0)
 NTU_TEST_P = (0.95,)
 MIN_CROP = 64  # the official lower bound on a training crop, hard-coded (not the window)
 
-UCLA_JOINTS = 20
 UCLA_WINDOW = 52
 UCLA_MAX_DEGREES = 60
 UCLA_SCALE = (0.5, 1.5)
 UCLA_POOL_COPIES = 100
 UCLA_ORIGIN_JOINT = 1  # python index of the spine, frame 0 of which becomes the origin
-
-
-def ntu_row_to_sample(row: np.ndarray) -> np.ndarray:
-    """A split-file row (T, 150) -> a (3, T, 25, 2) view: the 150 values are person, joint, xyz.
-
-    A view, not a copy: the transforms read it once and copying costs more than they do.
-    """
-    return row.reshape(row.shape[0], NTU_PERSONS, NTU_JOINTS, 3).transpose(3, 0, 2, 1)
 
 
 def valid_frame_count(x: np.ndarray) -> int:
@@ -208,34 +194,6 @@ def ntu_transform(
     return transform
 
 
-class NonFiniteClipError(UserError):
-    """A clip whose "skeletons" hold NaN or infinity (JSON's NaN and Infinity parse): one such
-    clip turns its whole normalised sample into NaN, so it is refused when read."""
-
-
-def load_ucla_clip(path: str | Path) -> np.ndarray:
-    """The "skeletons" of one NW-UCLA JSON file as finite (F, 20, 3) float64 (other keys
-    ignored)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            clip = np.asarray(json.load(f)["skeletons"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as e:  # bad JSON, no key, ragged or non-numeric
-        reason = f"{type(e).__name__}: {e}"
-        raise UserError(f'{path}: not a clip with a numeric "skeletons" array ({reason})') from e
-    if clip.ndim != 3 or clip.shape[0] < 1 or clip.shape[1:] != (UCLA_JOINTS, 3):
-        raise UserError(f'{path}: "skeletons" has shape {clip.shape}, expected (F, 20, 3)')
-    bad = np.argwhere(~np.isfinite(clip))
-    if bad.size:
-        frame, joint, axis = bad[0]
-        raise NonFiniteClipError(
-            f'{path}: "skeletons" holds NaN or infinity in {len(bad)} of its {clip.size} '
-            f"values (the first, {clip[frame, joint, axis]}, at frame {frame}, joint {joint}, "
-            f"{'xyz'[axis]}); replace the file with the clip from CTR-GCN's NW-UCLA all_sqe "
-            "download"
-        )
-    return clip
-
-
 def ucla_clip_to_sample(
     clip: np.ndarray, rng: np.random.Generator | None, window: int = UCLA_WINDOW
 ) -> np.ndarray:
@@ -245,7 +203,7 @@ def ucla_clip_to_sample(
     and scale; per-axis min-max to [-1, 1]; then `window` frames: sorted draws without
     replacement from 100 copies of each index in training, floor(linspace) at test.
     """
-    frames = clip.shape[0]
+    frames, joints = clip.shape[:2]
     x = np.asarray(clip, dtype=np.float64)
     # Coordinate-major (3, F*20): per-axis reductions are fast, and it is the output layout.
     x = np.ascontiguousarray((x - x[0, UCLA_ORIGIN_JOINT]).reshape(-1, 3).T)
@@ -256,7 +214,7 @@ def ucla_clip_to_sample(
         ry = np.array([[np.cos(ay), 0, -np.sin(ay)], [0, 1, 0], [np.sin(ay), 0, np.cos(ay)]])
         x = (ry @ rx * scale).T @ x  # row vectors p -> p . (Ry . Rx . sI)
     low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-    x = ((x - low) / (high - low) * 2 - 1).reshape(3, frames, UCLA_JOINTS)
+    x = ((x - low) / (high - low) * 2 - 1).reshape(3, frames, joints)
     if rng is None:
         idx = np.linspace(0, frames - 1, window).astype(np.int64)
     else:

@@ -2,7 +2,8 @@
 
 The split lists ship with the package (nw_ucla_split.json: [file stem, 0-based label] per
 entry, train = views 1 and 2, 1,020 clips; val = view 3, 464 clips). The clips themselves are
-CTR-GCN's preprocessed `all_sqe/<stem>.json` files, read with `transforms.load_ucla_clip`.
+CTR-GCN's preprocessed `all_sqe/<stem>.json` files: a split reads as its raw (F, 20, 3) clips
+and their labels, all checked when read.
 """
 
 import json
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from csre_jax.data.transforms import NonFiniteClipError, load_ucla_clip
 from csre_jax.errors import UserError
 
 SPLITS = ("train", "val")
+JOINTS = 20  # Kinect v1
 CLIP_FOLDER = "all_sqe"
 SPLIT_FILE = Path(__file__).with_name("nw_ucla_split.json")
 FIX = (
@@ -29,6 +30,34 @@ The training dataset has 5 x 1,020 = 5,100 entries and entry (memory-bank slot) 
 i mod 1020 of the official train list, so each epoch visits every clip 5 times with
 independent augmentations and the memory bank has 5,100 slots. Validation is not repeated.
 """
+
+
+class NonFiniteClipError(UserError):
+    """A clip whose "skeletons" hold NaN or infinity (JSON's NaN and Infinity parse): one such
+    clip turns its whole normalised sample into NaN, so it is refused when read."""
+
+
+def load_ucla_clip(path: str | Path) -> np.ndarray:
+    """The "skeletons" of one NW-UCLA JSON file as finite (F, 20, 3) float64 (other keys
+    ignored)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            clip = np.asarray(json.load(f)["skeletons"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as e:  # bad JSON, no key, ragged or non-numeric
+        reason = f"{type(e).__name__}: {e}"
+        raise UserError(f'{path}: not a clip with a numeric "skeletons" array ({reason})') from e
+    if clip.ndim != 3 or clip.shape[0] < 1 or clip.shape[1:] != (JOINTS, 3):
+        raise UserError(f'{path}: "skeletons" has shape {clip.shape}, expected (F, 20, 3)')
+    bad = np.argwhere(~np.isfinite(clip))
+    if bad.size:
+        frame, joint, axis = bad[0]
+        raise NonFiniteClipError(
+            f'{path}: "skeletons" holds NaN or infinity in {len(bad)} of its {clip.size} '
+            f"values (the first, {clip[frame, joint, axis]}, at frame {frame}, joint {joint}, "
+            f"{'xyz'[axis]}); replace the file with the clip from CTR-GCN's NW-UCLA all_sqe "
+            "download"
+        )
+    return clip
 
 
 @cache

@@ -16,7 +16,7 @@ from csre_jax.evaluate.ensembles import SHORT_NAMES, Result, RunsEvaluation
 from csre_jax.evaluate.scores import ScoreFile, check_same_samples
 from csre_jax.fileio import atomic_write
 from csre_jax.model_card import ModelCard
-from csre_jax.training.metrics import read_metrics
+from csre_jax.run_metrics import read_metrics
 from csre_jax.workdir import RunFolder
 
 # The paper's difficulty levels by per-class accuracy: hard < 80% <= medium < 90% <= easy.

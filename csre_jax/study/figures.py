@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax import selection
 from csre_jax.evaluate.figures import save_png
-from csre_jax.training import selection
 
 
 def _rule(by_rule: dict) -> str:

@@ -18,10 +18,10 @@ from ml_collections import ConfigDict
 from csre_jax.data.transforms import STREAMS
 from csre_jax.evaluate.ensembles import TWO_STREAM
 from csre_jax.fileio import atomic_write
+from csre_jax.run_metrics import read_metrics
 from csre_jax.study import StudyError
 from csre_jax.study.variants import Variant
 from csre_jax.training.loop import train_and_evaluate
-from csre_jax.training.metrics import read_metrics
 from csre_jax.training.run_record import config_changes
 from csre_jax.workdir import RunFolder
 

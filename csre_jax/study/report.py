@@ -2,7 +2,7 @@
 
 A row is what one seed of a variant produces: the variant's run (or, with several streams,
 each stream's run and the 2- and 4-stream ensembles). Each run contributes its test top-1
-under every selection rule (training.selection); per-sample and per-class analyses use the
+under every selection rule (csre_jax.selection); per-sample and per-class analyses use the
 scores of the model the run's own rule kept (scores/test_scores.npz), as do ensembles.
 """
 
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from csre_jax import selection
 from csre_jax.evaluate.class_names import class_names
 from csre_jax.evaluate.ensembles import evaluate_runs
 from csre_jax.evaluate.reports import LEVELS, difficulty_levels, per_class_accuracy
 from csre_jax.evaluate.runs import load_run
 from csre_jax.fileio import atomic_write
+from csre_jax.run_metrics import read_metrics
 from csre_jax.study import figures, stats
 from csre_jax.study.plan import Run
 from csre_jax.study.variants import Variant
-from csre_jax.training import selection
-from csre_jax.training.metrics import read_metrics
 
 # Differences (points) for which the report says how many seeds a paired t test needs.
 EFFECT_SIZES = (0.5, 1.0, 2.0)

@@ -8,7 +8,9 @@ what eval.py scores. orbax writes each step to a temporary folder and renames it
 complete, so an interrupted save never replaces a good checkpoint.
 
 A checkpoint damaged later (files truncated or deleted) is told apart from one of another
-model: damage falls back to the newest intact checkpoint, a shape mismatch is refused.
+model (csre_jax.run_variables, which also reads the backbone's variables for eval.py and
+the predictor): damage falls back to the newest intact checkpoint, a shape mismatch is
+refused.
 
 A run resumes on any device count: arrays are read into this run's shardings, and banks,
 whose rows are padded to a multiple of the device count (loop.init_state), are re-padded
@@ -26,7 +28,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-import tensorstore as ts
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -34,28 +35,16 @@ from jax.sharding import PartitionSpec as P
 
 from csre_jax.csre.bank import MemoryBank
 from csre_jax.errors import UserError
-from csre_jax.training.state import TrainState, backbone_variables
-from csre_jax.workdir import BEST, RunFolder
-
-# What reading a damaged checkpoint raises: TensorStore's errors (truncated or missing array
-# files), grain's missing iterator file and truncated JSON are ValueErrors, a missing item a
-# KeyError, a vanished file an OSError, orbax indexing metadata it could not read a TypeError.
-_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
-
-
-class _OrbaxNoticesToInfo(std_logging.Filter):
-    """Lowers two orbax warnings to INFO (they still show with --verbosity=0): "Waiting for
-    previous save to complete took N seconds", which a loop that checkpoints every epoch
-    cannot act on and which breaks tqdm's bar line, and "Metadata file does not exist" for a
-    damaged step folder, which restore reports itself in one line."""
-
-    LOWERED = ("Waiting for previous save", "Metadata file does not exist")
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        if record.levelno == std_logging.WARNING and str(record.msg).startswith(self.LOWERED):
-            record.levelno, record.levelname = std_logging.INFO, "INFO"
-            return logging.get_absl_logger().isEnabledFor(std_logging.INFO)
-        return True
+from csre_jax.run_variables import (
+    READ_ERRORS,
+    Damaged,
+    OrbaxNoticesToInfo,
+    check_item,
+    none_intact_message,
+    read_step,
+)
+from csre_jax.training.state import TrainState
+from csre_jax.workdir import RunFolder
 
 
 class _DiskFullToSilence(std_logging.Filter):
@@ -69,8 +58,10 @@ class _DiskFullToSilence(std_logging.Filter):
         return not _is_disk_full(f"{record.getMessage()} {error}")
 
 
-# orbax logs through absl's logger, so the filters sit there (a set: each added once).
-logging.get_absl_logger().addFilter(_OrbaxNoticesToInfo())
+# orbax logs through absl's logger, so the filters sit there. "Waiting for previous save to
+# complete took N seconds" is a notice a loop that checkpoints every epoch cannot act on, and
+# it breaks tqdm's bar line.
+logging.get_absl_logger().addFilter(OrbaxNoticesToInfo("Waiting for previous save"))
 logging.get_absl_logger().addFilter(_DiskFullToSilence())
 
 # How TensorStore and the OS word a full disk (ENOSPC is error 28; a quota is EDQUOT).
@@ -98,16 +89,6 @@ def _nbytes(tree: Any) -> int:
         else x.nbytes
         for x in leaves
     )
-
-
-class _Damaged(Exception):  # noqa: N818 (a finding about a folder, caught inside this module)
-    """A checkpoint whose files are missing or unreadable; str() says which and why."""
-
-
-def _reason(error: Exception) -> str:
-    """An error while reading, in one line (TensorStore appends its whole JSON spec)."""
-    text = str(error).split(" [tensorstore_spec=")[0].splitlines()[0] if str(error) else ""
-    return f"files unreadable ({type(error).__name__}: {text})"
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -146,14 +127,6 @@ def _shape_mismatch_message(directory: Path, error: Exception | str) -> str:
     )
 
 
-def _none_intact_message(folder: Path, damaged: list[tuple[int, str]]) -> str:
-    found = "; ".join(f"{step}: {reason}" for step, reason in damaged) or "no checkpoints"
-    return (
-        f"{folder}: no intact checkpoint to resume from ({found}). Start a new --workdir, or "
-        f"delete {folder} to train this run again from the start."
-    )
-
-
 def _saved_layout(bank: MemoryBank, saved: dict, sharding: NamedSharding) -> MemoryBank:
     """The abstract bank with the saved shapes, read whole (`sharding`)."""
     return jax.tree_util.tree_map_with_path(
@@ -188,39 +161,6 @@ def _refit(bank: MemoryBank, template: MemoryBank, sharding: MemoryBank) -> Memo
             f"rows): another dataset or split"
         )
     return fitted
-
-
-def _read(manager: ocp.CheckpointManager, step: int, **items: Any) -> Any:
-    """The items of one step, any read error turned into _Damaged."""
-    try:
-        return manager.restore(step, args=ocp.args.Composite(**items))
-    except _READ_ERRORS as error:
-        raise _Damaged(_reason(error)) from error
-
-
-def _check_item(item: Path) -> None:
-    """Raises _Damaged unless an item's metadata is there and every array chunk it stores
-    reads back. The chunks are read through TensorStore before orbax reads them: orbax gives
-    up at the first unreadable array while its other reads are still in flight, and each of
-    those then prints a traceback ("Task exception was never retrieved", "Event loop is
-    closed")."""
-    if not item.is_dir():
-        raise _Damaged(f"{item.name}/ is missing (an empty or partly deleted folder)")
-    if not (item / "_METADATA").is_file():
-        raise _Damaged(f"{item.name}/_METADATA is missing")
-    try:
-        spec = {"driver": "ocdbt", "base": {"driver": "file", "path": f"{item}/"}}
-        store = ts.KvStore.open(spec).result()
-        keys = store.list().result()
-        if not keys:
-            raise _Damaged(f"{item.name}/ stores no arrays (manifest.ocdbt missing?)")
-        for start in range(0, len(keys), 64):  # a bounded number of chunks in memory
-            reads = [store.read(key) for key in keys[start : start + 64]]
-            errors = [read.exception() for read in reads]  # waits for every read
-            if any(errors):
-                raise next(error for error in errors if error)
-    except ValueError as error:
-        raise _Damaged(_reason(error)) from error
 
 
 class Checkpointer:
@@ -351,12 +291,12 @@ class Checkpointer:
         for step in sorted(self._latest.all_steps(), reverse=True):
             try:
                 restored = self._restore_step(step, target, shardings, data_iterator)
-            except _Damaged as damage:
+            except Damaged as damage:
                 damaged.append((step, str(damage)))
                 continue
             self._set_aside(damaged, step)
             return restored
-        raise UserError(_none_intact_message(self._folder, damaged))
+        raise UserError(none_intact_message(self._folder, damaged))
 
     def _restore_step(
         self,
@@ -366,11 +306,11 @@ class Checkpointer:
         data_iterator: grain.DatasetIterator,
     ) -> tuple[TrainState, dict]:
         directory = self._folder / str(step)
-        _check_item(directory / "state")
+        check_item(directory / "state")
         try:
             metadata = self._latest.item_metadata(step)
-        except _READ_ERRORS as error:  # e.g. a truncated _METADATA
-            raise _Damaged(_reason(error)) from error
+        except READ_ERRORS as error:  # e.g. a truncated _METADATA
+            raise Damaged.unreadable(error) from error
         saved = metadata["state"]
         # Banks saved with another row count (on another device count) are read whole onto
         # every device, then re-padded and split again.
@@ -393,7 +333,7 @@ class Checkpointer:
         }
         if "progress" in metadata:
             items["progress"] = ocp.args.JsonRestore()
-        restored = _read(self._latest, step, **items)
+        restored = read_step(self._latest, step, **items)
         state = restored.state
         try:
             for name in refit:
@@ -463,59 +403,3 @@ class Checkpointer:
             self._latest.close()
         finally:
             self._best.close()
-
-
-def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """Each leaf's shape by its path; empty collections (HCN has no batch_stats), which orbax
-    does not store, drop out."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): leaf.shape for path, leaf in leaves}
-
-
-def _read_variables(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
-    """The backbone's variables of one step of best/ or checkpoints/ (raw, no target)."""
-    _check_item(Path(manager.directory) / str(step) / item)
-    raw = _read(manager, step, **{item: ocp.args.StandardRestore()})
-    if item == "variables":
-        return raw.variables
-    return backbone_variables(raw.state["params"], raw.state["batch_stats"])
-
-
-def restore_variables(directory: Path, target: Any) -> tuple[Any, int]:
-    """Backbone variables from a run's best/ folder, or from the newest intact full state in
-    checkpoints/ (a damaged newer one is skipped with a warning).
-
-    Returns (variables, step).
-    """
-    directory = Path(directory).absolute()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no checkpoint folder here; pass a run's --workdir")
-    item = "variables" if directory.name == BEST else "state"
-    with ocp.CheckpointManager(directory, item_names=(item,)) as manager:
-        steps = sorted(manager.all_steps(), reverse=True)
-        if not steps:
-            raise FileNotFoundError(f"{directory}: holds no finished checkpoint")
-        damaged = []
-        for step in steps if item == "state" else steps[:1]:
-            try:
-                variables = _read_variables(manager, step, item)
-                break
-            except _Damaged as damage:
-                damaged.append((step, str(damage)))
-        else:
-            if item == "variables":
-                raise UserError(
-                    f"{directory / str(steps[0])}: the best model's checkpoint is damaged "
-                    f"({damaged[0][1]}). Score the latest train state instead "
-                    f"(eval.py --checkpoint=latest) or train again in a new --workdir."
-                )
-            raise UserError(_none_intact_message(directory, damaged))
-    for bad, reason in damaged:
-        logging.warning("%s: %s; using %s", directory / str(bad), reason, directory / str(step))
-    if _leaf_shapes(target) != _leaf_shapes(variables):
-        raise UserError(
-            f"{directory / str(step)}: the checkpoint's parameters do not fit the configured "
-            f"model (shapes differ, e.g. another dataset, class count or width). Evaluate it "
-            f"with the config it was trained with (config.json in its workdir)."
-        )
-    return variables, step

@@ -26,14 +26,14 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from csre_jax import compile_cache, models, sharding
+from csre_jax import compile_cache, models, selection, sharding
 from csre_jax.config_checks import check_config
 from csre_jax.csre import sampling
 from csre_jax.csre.model import ContrastiveClassifier, load_torch_checkpoint
 from csre_jax.csre.objective import bank_names, contrast_config, create_banks
 from csre_jax.data.datasets import Dataset, load_dataset
 from csre_jax.data.pipeline import Split, steps_per_epoch, train_dataset
-from csre_jax.errors import Diverged, UserError
+from csre_jax.errors import Diverged
 from csre_jax.evaluate.scoring import (
     EvalStep,
     SplitScores,
@@ -44,10 +44,12 @@ from csre_jax.evaluate.scoring import (
 )
 from csre_jax.fileio import atomic_write
 from csre_jax.model_card import ModelCard
-from csre_jax.training import optimizer, selection
+from csre_jax.models.build import build_backbone
+from csre_jax.run_metrics import read_metrics
+from csre_jax.training import optimizer
 from csre_jax.training.checkpoint import Checkpointer
 from csre_jax.training.interrupts import Stopped, StopRequests
-from csre_jax.training.metrics import MetricWriter, read_metrics
+from csre_jax.training.metrics import MetricWriter
 from csre_jax.training.run_record import check_resume, write_config
 from csre_jax.training.state import TrainState, state_sharding
 from csre_jax.training.step import make_train_step
@@ -79,38 +81,8 @@ class Experiment:
 
     @property
     def selection_rule(self) -> str:
-        """Which evaluation's model best/ keeps (training.selection)."""
+        """Which evaluation's model best/ keeps (csre_jax.selection)."""
         return selection.rule_of(self.config, self.dataset.val is not None)
-
-
-def build_backbone(config: ConfigDict, card: ModelCard) -> nn.Module:
-    """The configured backbone for the card's skeleton, input shape and classes."""
-    backbone = models.create_model(
-        config.model.name,
-        num_classes=card.num_classes,
-        layout=card.layout,
-        num_person=card.num_person,
-        in_channels=card.channels,
-        **config.model.kwargs,
-    )
-    missing = set(models.extra_inputs(backbone)) - set(card.input_shapes)
-    if missing:
-        raise UserError(
-            f"model.name={config.model.name!r} needs the input(s) {sorted(missing)}, which the "
-            "data pipeline does not provide: set config.data.keep_joint=True"
-        )
-    return backbone
-
-
-def make_mesh(config: ConfigDict) -> jax.sharding.Mesh:
-    """The mesh of config.num_devices devices (0: all), which must split every batch."""
-    mesh = sharding.make_mesh(config.num_devices or None)
-    for name in ("batch_size", "eval_batch_size"):
-        if config.data[name] % mesh.size:
-            raise UserError(
-                f"data.{name}={config.data[name]} is not divisible by the {mesh.size} devices"
-            )
-    return mesh
 
 
 def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
@@ -127,7 +99,7 @@ def build(config: ConfigDict, dataset: Dataset | None = None) -> Experiment:
         counts = sampling.resolve(config.csre, dataset.train.labels)
         config = config.copy_and_resolve_references()
         config.csre.num_positives, config.csre.num_negatives = counts.positives, counts.negatives
-    mesh = make_mesh(config)
+    mesh = sharding.mesh_for_config(config)
     card = ModelCard.from_dataset(dataset, config.data)
     backbone = build_backbone(config, card)
     model = ContrastiveClassifier(
@@ -192,13 +164,6 @@ def compile_steps(exp: Experiment, state: TrainState) -> tuple[Callable, EvalSte
         donate_argnums=0,
     )
     return train_step, compile_eval_step(exp.backbone, exp.mesh, exp.compute_dtype)
-
-
-def backbone_shapes(backbone: nn.Module, card: ModelCard) -> dict:
-    """The backbone's variables as shapes, without computing them: what a checkpoint of it
-    is checked against."""
-    sample = {k: jnp.zeros((1, *s), jnp.float32) for k, s in card.input_shapes.items()}
-    return jax.eval_shape(lambda: backbone.init(jax.random.key(0), **sample, train=False))
 
 
 def evaluate(
@@ -330,7 +295,7 @@ def _report_devices(config: ConfigDict) -> None:
     if platform == "cpu" and config.data.get("name") in ("ntu60", "ntu120"):
         print(
             "warning: an NTU recipe on CPU only: with a GPU or TPU at hand, install its jax "
-            "(pip install -r requirements-gpu.txt or requirements-tpu.txt, README 'Clusters')",
+            "(pip install -r requirements-gpu.txt or requirements-tpu.txt, docs/clusters.md)",
             file=sys.stderr,
         )
 
@@ -355,7 +320,7 @@ def _compile_train_step(exp: Experiment, train_step, state: TrainState):
 
 def train_and_evaluate(config: ConfigDict, workdir: Path) -> dict:
     """Trains (resuming from workdir if it holds a checkpoint); returns the run's selection
-    summary (training.selection.summarize: the rule, the selected model's numbers, and the
+    summary (csre_jax.selection.summarize: the rule, the selected model's numbers, and the
     validation-selected, last and best-test numbers).
 
     Every evaluation scores the test split and, with a held-out validation split, that too.

@@ -1,7 +1,7 @@
 """Metrics as JSON lines (one record per logging step and per epoch) and as TensorBoard event
 files beside them, so a run can be watched with `tensorboard --logdir=<runs>`; process 0
 writes. A resumed run first drops what was logged after its checkpoint, so each step is kept
-once in both."""
+once in both. Readers of a run use csre_jax.run_metrics, which needs none of training."""
 
 import json
 import math
@@ -10,8 +10,9 @@ from pathlib import Path
 import jax
 from tensorboardX import SummaryWriter
 
-from csre_jax.errors import Diverged, UserError
+from csre_jax.errors import Diverged
 from csre_jax.fileio import atomic_write
+from csre_jax.run_metrics import metric_lines
 from csre_jax.workdir import RunFolder
 
 # TensorBoard tags are '<kind>/<metric>'; step records read as 'train/loss', 'train/lr'.
@@ -43,7 +44,7 @@ class MetricWriter:
             # a finished run's summary no longer holds once the run continues
             kept = [
                 line
-                for line, r in _parse(self._path)
+                for line, r in metric_lines(self._path)
                 if r["step"] <= resume_step and r["kind"] not in SUMMARY_KINDS
             ]
             with atomic_write(self._path) as tmp:
@@ -86,26 +87,3 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _parse(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of each record of a metrics.jsonl. A torn last line (the process was
-    killed while writing it) is dropped; a damaged line before it is an error."""
-    lines = [line for line in path.read_text().splitlines() if line]
-    parsed = []
-    for number, line in enumerate(lines, 1):
-        try:
-            parsed.append((line, json.loads(line)))
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise UserError(
-                f"{path}:{number}: not a JSON record ({error}); delete or repair that line"
-            ) from error
-    return parsed
-
-
-def read_metrics(workdir: Path, kind: str | None = None) -> list[dict]:
-    """The records of a run's metrics.jsonl, of one kind ('train_step', 'epoch') or all."""
-    records = [record for _, record in _parse(RunFolder(workdir).metrics)]
-    return [r for r in records if kind is None or r["kind"] == kind]

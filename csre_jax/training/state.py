@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from csre_jax import sharding
 from csre_jax.csre.bank import MemoryBank
+from csre_jax.run_variables import backbone_variables
 
 
 @struct.dataclass
@@ -22,11 +23,6 @@ class TrainState:
 
     def backbone_variables(self) -> dict[str, Any]:
         return backbone_variables(self.params, self.batch_stats)
-
-
-def backbone_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
-    """What evaluation needs: the backbone without the training-only heads."""
-    return {"params": params["backbone"], "batch_stats": batch_stats.get("backbone", {})}
 
 
 def state_sharding(state: TrainState, mesh: Mesh) -> TrainState:
