@@ -195,12 +195,12 @@ def test_a_signal_while_compiling_ends_the_run_at_once(tmp_path, signum):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 5 MB tmpfs: room for the tiny run's first checkpoint and best model, not a second
-    checkpoint. Skipped where mounting is not permitted."""
+    """A 7 MiB tmpfs: room for the tiny run's first checkpoint (2.7 MB) and best model (1.3
+    MB) with a margin, not for a second checkpoint. Skipped where mounting is not permitted."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")

@@ -256,7 +256,10 @@ class Checkpointer:
             items["progress"] = ocp.args.JsonSave(progress)
         step = int(jax.device_get(state.step))
         with self._full_disk_is_a_user_error(self._folder, step):
-            self._latest.wait_until_finished()  # a failed pending save speaks first
+            # a failed pending save speaks first, and the free space is measured when no
+            # write is in flight
+            self._latest.wait_until_finished()
+            self._best.wait_until_finished()
             self._check_space(self._latest, step, state)
             self._latest.save(step, args=ocp.args.Composite(**items), force=True)
 
