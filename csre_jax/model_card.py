@@ -48,14 +48,17 @@ class ModelCard:
         names = dataset.class_names or class_names(data.get("name"), num_classes)
         return cls(dataset.layout, dataset.input_shapes(), tuple(names))
 
-    def save(self, path: Path) -> None:
-        record = {
+    def to_json(self) -> dict:
+        """The card as a JSON-ready dict that `load` reads back (extra keys are ignored)."""
+        return {
             "layout": self.layout.to_json(),
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             "class_names": list(self.class_names),
         }
+
+    def save(self, path: Path) -> None:
         with atomic_write(Path(path)) as tmp:
-            tmp.write_text(json.dumps(record) + "\n")
+            tmp.write_text(json.dumps(self.to_json()) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "ModelCard":

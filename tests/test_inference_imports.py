@@ -27,6 +27,7 @@ IMPORTS = {
     """,
     "eval.py": "runpy.run_path('eval.py')",
     "predict.py": "runpy.run_path('predict.py')",
+    "export.py": "runpy.run_path('export.py')",
 }
 
 
