@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,12 +196,11 @@ def test_a_signal_while_compiling_ends_the_run_at_once(tmp_path, signum):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 7 MiB tmpfs: room for the tiny run's first checkpoint (2.7 MB) and best model (1.3
-    MB) with a margin, not for a second checkpoint. Skipped where mounting is not permitted."""
+    """A tmpfs of its own (resized by the test). Skipped where mounting is not permitted."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
@@ -208,15 +208,25 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def _resize(disk: Path, kib: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={kib}k", str(disk)], check=True)
+
+
 def test_a_full_disk_is_one_line_and_the_run_resumes(small_disk):
+    """One epoch trains; the disk then shrinks to what it holds plus 1 MiB, less than the
+    second epoch's checkpoint; after the refusal the disk grows and the run resumes."""
     workdir = small_disk / "run"
+    first = _run("train.py", TINY_RUN[0], "--config.num_epochs=1", f"--workdir={workdir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    used_kib = shutil.disk_usage(small_disk).used // 1024
+    _resize(small_disk, used_kib + 1024)
     full = _run("train.py", *TINY_RUN, f"--workdir={workdir}")
-    error = _user_error(full, f"{workdir / 'checkpoints'}", "no space left", "step 16")
+    error = _user_error(full, f"{workdir}", "no space left", "to save step 16")
     assert error.endswith(
         f"the last intact checkpoint is step 8 ({workdir / 'checkpoints' / '8'}). Free space "
         "there and run the same command again to resume."
     )
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    _resize(small_disk, 64 * 1024)
     resumed = _run("train.py", *TINY_RUN, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from step 8 ({workdir / 'checkpoints' / '8'})" in resumed.stdout
