@@ -110,9 +110,9 @@ def _config_error(argv: list[str]) -> str | None:
     return _unknown_override(argv, config, spec)
 
 
-def _fail(message: str, exit_code: int = 2) -> NoReturn:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
-    raise SystemExit(exit_code)
+    raise SystemExit(2)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

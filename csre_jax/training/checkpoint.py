@@ -232,6 +232,8 @@ class Checkpointer:
         """A write that found the disk full (this save's or a pending one) as DiskFull."""
         try:
             yield
+        except DiskFull:  # already said, by a save inside this one
+            raise
         except Exception as error:
             if not _is_disk_full(f"{error} {error.__cause__}"):
                 raise
