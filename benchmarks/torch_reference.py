@@ -5,6 +5,8 @@ Run with a Python that has PyTorch (never the project's own environment), from t
   /path/to/torch/python -m benchmarks.torch_reference --official-root=/path/to/official
   ... --models=ctrgcn,agcn --batch=16 --frames=64 --threads=2 --steps=3 --json=torch.json
 
+  ... --predict --models=ctrgcn --batch=1     # eval-mode forward only, as prediction runs it
+
 For each backbone, in its own process (so the peak RSS is that backbone's own): build the official
 model class exactly as its NTU120 X-sub config does (120 classes, 25 joints, 2 persons, the graph
 the config names), draw random NTU-shaped float32 input (N, 3, T, 25, 2) and random labels, and
@@ -12,7 +14,9 @@ time train steps: zero_grad, forward in train mode, cross-entropy on the logits,
 official optimizer's step. torch.set_num_threads(--threads) (and OMP/MKL_NUM_THREADS) in that
 process. Reported: parameters, the first step (includes lazy initialisation), the median of the
 next --steps steps, peak RSS. --json writes {model: {params, first_step_s, step_s, peak_rss_gib,
-torch_version, threads, ...}} for a benchmark that prints ours / official.
+torch_version, threads, ...}} for a benchmark that prints ours / official. With --predict the
+model runs in eval mode under torch.no_grad, forward only (logits), as the official test loop
+does; call_s is then the median of the calls after the first.
 
 The official code is not vendored here: clone each repository into --official-root, one folder
 per repository named owner__repo (so the official `model` / `graph` / `utils` packages import
@@ -307,16 +311,7 @@ def measure(args, name: str) -> dict:
 
     def step(x, label):
         optimizer.zero_grad()
-        call = spec["call"]
-        if call == "x":
-            out = model(x)
-        elif call == "x_target":
-            out = model(x, target=label)
-        elif call == "x_onehot":
-            out = model(x, F.one_hot(label, num_classes=args.classes))
-        else:  # BlockGCN: (data, one-hot label, absolute joints); the joint stream's clip itself
-            out = model(x, F.one_hot(label, num_classes=args.classes), x)
-        logits = out[0] if isinstance(out, tuple) else out
+        logits = forward(model, spec, x, label, args.classes)
         loss = F.cross_entropy(logits, label)
         loss.backward()
         if clip is not None:
@@ -350,6 +345,51 @@ def measure(args, name: str) -> dict:
     }
 
 
+def forward(model, spec: dict, x, label, classes: int):
+    """The official forward with the inputs its training loop passes; the logits."""
+    import torch.nn.functional as F
+
+    call = spec["call"]
+    if call == "x":
+        out = model(x)
+    elif call == "x_target":
+        out = model(x, target=label)
+    elif call == "x_onehot":
+        out = model(x, F.one_hot(label, num_classes=classes))
+    else:  # BlockGCN: (data, one-hot label, absolute joints); the joint stream's clip itself
+        out = model(x, F.one_hot(label, num_classes=classes), x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def measure_predict(args, name: str) -> dict:
+    """One backbone in eval mode under no_grad: the first and `steps` further forward calls."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, source = build(args, name)
+    model.eval()
+    generator = torch.Generator().manual_seed(1)
+    times = []
+    with torch.no_grad():
+        for _ in range(args.steps + 1):
+            x = torch.randn(args.batch, 3, args.frames, 25, 2, generator=generator)
+            label = torch.randint(0, args.classes, (args.batch,), generator=generator)
+            start = time.perf_counter()
+            forward(model, SPECS[name], x, label, args.classes).numpy()
+            times.append(time.perf_counter() - start)
+    return {
+        "first_call_s": times[0],
+        "call_s": statistics.median(times[1:]) if times[1:] else times[0],
+        "call_times_s": times[1:],
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "frames": args.frames,
+        "source": source,
+    }
+
+
 def run_child(args, name: str) -> dict:
     """Runs `measure` for one backbone in a fresh interpreter; returns its result or an error."""
     command = [
@@ -365,6 +405,7 @@ def run_child(args, name: str) -> dict:
         f"--steps={args.steps}",
         f"--loss-batch={args.loss_batch}",
         f"--loss-slots={args.loss_slots}",
+        *(["--predict"] if args.predict else []),
         "--child",
     ]
     threads = str(args.threads)
@@ -409,8 +450,8 @@ def main():
     parser.add_argument("--official-root", required=True, help="folder of owner__repo clones")
     parser.add_argument(
         "--models",
-        default=",".join((*MODEL_NAMES, CSRE_LOSS)),
-        help=f"backbones, and {CSRE_LOSS} for the official CSRE loss",
+        help=f"backbones, and {CSRE_LOSS} for the official CSRE loss (default: all; all "
+        "backbones with --predict)",
     )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=64)
@@ -421,29 +462,41 @@ def main():
     parser.add_argument(
         "--loss-slots", type=int, default=63026, help=f"{CSRE_LOSS}'s bank slots (NTU120 X-sub)"
     )
+    parser.add_argument(
+        "--predict", action="store_true", help="time the eval-mode forward, not train steps"
+    )
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    names = [n for n in args.models.split(",") if n]
+    default = MODEL_NAMES if args.predict else (*MODEL_NAMES, CSRE_LOSS)
+    names = [n for n in (args.models or ",".join(default)).split(",") if n]
     unknown = sorted(set(names) - {*SPECS, CSRE_LOSS})
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {[*SPECS, CSRE_LOSS]}")
+    if args.predict and CSRE_LOSS in names:
+        parser.error(f"--predict times backbones, not {CSRE_LOSS}")
     if args.child:
-        result = measure_csre_loss(args) if names[0] == CSRE_LOSS else measure(args, names[0])
+        if names[0] == CSRE_LOSS:
+            result = measure_csre_loss(args)
+        else:
+            result = (measure_predict if args.predict else measure)(args, names[0])
         print(RESULT_MARK + json.dumps(result), flush=True)
         return
     print(
-        f"official PyTorch backbones: batch {args.batch}, {args.frames} frames, "
-        f"{args.classes} classes, {args.threads} threads, median of {args.steps} steps",
+        f"official PyTorch backbones{', eval-mode forward' if args.predict else ''}: batch "
+        f"{args.batch}, {args.frames} frames, {args.classes} classes, {args.threads} threads, "
+        f"median of {args.steps} {'calls' if args.predict else 'steps'}",
         flush=True,
     )
     results = {}
     for name in names:
         results[name] = run_child(args, name)
         r = results[name]
-        status = r.get("error") or f"{r.get('step_s', r.get('call_s')):.2f} s per step"
+        unit = "call" if args.predict else "step"
+        status = r.get("error") or f"{r.get('step_s', r.get('call_s')):.3f} s per {unit}"
         print(f"  {name}: {status}", flush=True)
-    print(table(results))
+    if not args.predict:
+        print(table(results))
     if args.json:
         good = {name: r for name, r in results.items() if "error" not in r}
         with open(args.json, "w") as f:

@@ -3,6 +3,7 @@
     predictor = Predictor.from_run("runs/mine")
     predictions = predictor.predict(keypoints)   # (M, T, V, C), a batch of them, or a list
     predictions.top(5)                           # [[(name, probability), ...], ...]
+    predictor.logits({"x": xs})                  # model inputs, as predictor.inputs makes them
 
 Keypoints are pyskl's (persons, frames, joints, coords) in the units the run was trained
 on: pixels for 2-D custom data (with `scores` (M, T, V) when the run uses them and the
@@ -95,7 +96,9 @@ class Predictor:
         self._eval_step = compile_eval_step(
             backbone, self._mesh, config.get("compute_dtype", "float32")
         )
-        self._variables = variables
+        # On the mesh once, so each batch moves only its inputs; the variables stay arguments
+        # of the step (not constants), which keeps it evaluation's program.
+        self._variables = sharding.put(variables, sharding.replicated(self._mesh))
         data = config.data
         if data.name == "custom":  # the card's layout: the JSON file the run named may be gone
             data = ConfigDict(data.to_dict(), type_safe=False)
@@ -201,12 +204,19 @@ class Predictor:
         samples = [
             self.inputs(k, s, i) for k, s, i in zip(sequences, scores, img_shapes, strict=True)
         ]
+        inputs = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        probabilities = np.asarray(jax.nn.softmax(self.logits(inputs), axis=-1))
+        return Predictions(probabilities, self.card.class_names)
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits (B, K) of B sequences' model inputs (what `inputs` returns, stacked: each
+        array (B, ...)), run in padded batches of batch_size: one compiled step for any B."""
+        count = len(inputs["x"])
         rows = []
         for start in range(0, count, self.batch_size):
-            chunk = samples[start : start + self.batch_size]
-            chunk += [chunk[-1]] * (self.batch_size - len(chunk))  # one compiled shape
-            batch = {k: np.stack([s[k] for s in chunk]) for k in chunk[0]}
+            chunk = {k: v[start : start + self.batch_size] for k, v in inputs.items()}
+            pad = self.batch_size - len(chunk["x"])  # repeat the last row: one compiled shape
+            batch = {k: np.concatenate([v, v[-1:].repeat(pad, 0)]) for k, v in chunk.items()}
             logits, _ = self._eval_step(self._variables, sharding.global_batch(batch, self._mesh))
             rows.append(np.asarray(jax.device_get(logits)))
-        probabilities = np.asarray(jax.nn.softmax(np.concatenate(rows)[:count], axis=-1))
-        return Predictions(probabilities, self.card.class_names)
+        return np.concatenate(rows)[:count]

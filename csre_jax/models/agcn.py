@@ -75,11 +75,15 @@ class UnitGCN(nn.Module):
             for s in range(NUM_SUBSETS)
         ]
         kernel, bias = _stacked(project, cin)  # (Cin, S*Cout)
-        kernel = kernel.reshape(cin, NUM_SUBSETS, self.channels)
+        kernel = kernel.reshape(cin * NUM_SUBSETS, self.channels)  # rows (c, s)
         # Aggregate before projecting, as the official code: it keeps conv_d's bias outside
         # the graph product (adj's columns do not sum to 1) and contracts over the narrower Cin.
-        z = jnp.einsum("btvc,bsvw->btwsc", x, adj)
-        y = jnp.einsum("btwsc,cso->btwo", z, kernel) + bias.reshape(NUM_SUBSETS, -1).sum(0)
+        # The graph product as a matmul, not an einsum: XLA runs both alike, but ONNX's
+        # Einsum ran slower in onnxruntime (the model 1.9x XLA's time, now 1.5x).
+        x_rows = x.transpose(0, 1, 3, 2).reshape(n, t * cin, v)
+        z = x_rows @ adj.transpose(0, 2, 1, 3).reshape(n, v, NUM_SUBSETS * v)  # (c, s, w)
+        y = jnp.swapaxes(z.reshape(n * t, cin * NUM_SUBSETS, v), 1, 2) @ kernel
+        y = y.reshape(n, t, v, self.channels) + bias.reshape(NUM_SUBSETS, -1).sum(0)
         return graph_conv_output(y, x, train)
 
 
