@@ -4,8 +4,9 @@ Everything graph-dependent is derived from a `Layout`: the backbones' adjacency 
 hop distances and joint groups, the bone streams' pairs and the left/right flip of 2D
 augmentation. Built-in layouts: `ntu` (Kinect v2, 25 joints), `ntu_hyperformer` (the same
 joints with hand tip and thumb attached to the hand, as Hyperformer, BlockGCN and CSRE
-build their graph), `ucla` (Kinect v1, 20), `coco` (17 keypoints), `openpose` (18) and
-`handmp` (MediaPipe's 21 hand landmarks). A user layout is a small JSON file
+build their graph), `ucla` (Kinect v1, 20), `coco` (17 keypoints), `openpose` (18),
+`handmp` (MediaPipe's 21 hand landmarks) and `blazepose` (MediaPipe's 33 body landmarks, what
+csre_jax.video extracts from videos). A user layout is a small JSON file
 (`load_layout`), e.g.
 
     {"name": "arm", "joints": ["shoulder", "elbow", "wrist", "hand"],
@@ -218,6 +219,24 @@ _HAND_JOINTS = ("wrist",) + tuple(
     )
     for joint in joints
 )
+# MediaPipe's PoseLandmark order and names, but mouth_left/right as left/right_mouth (every
+# sided joint here is left_*/right_*, which the flip pairs follow).
+_BLAZEPOSE_JOINTS = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "left_mouth", "right_mouth", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
+    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
+    "right_heel", "left_foot_index", "right_foot_index",
+)  # fmt: skip
+# BlazePose has no mid-hip or neck: the tree hangs from the nose as `coco`'s does, so its COCO
+# joints keep coco's bones (an ear's parent is its eye, through the eye's outer corner).
+_BLAZEPOSE_EDGES = (
+    (1, 0), (2, 1), (3, 2), (7, 3), (4, 0), (5, 4), (6, 5), (8, 6), (9, 0), (10, 0),
+    (11, 0), (12, 0), (13, 11), (15, 13), (17, 15), (19, 15), (21, 15), (14, 12), (16, 14),
+    (18, 16), (20, 16), (22, 16), (23, 11), (24, 12), (25, 23), (27, 25), (29, 27), (31, 27),
+    (26, 24), (28, 26), (30, 28), (32, 28),
+)  # fmt: skip
 
 BUILTIN_LAYOUTS = {
     "ntu": Layout(
@@ -304,6 +323,16 @@ BUILTIN_LAYOUTS = {
         centre=0,
         # the wrist, then one group per finger
         parts=(0, *(finger for finger in range(1, 6) for _ in range(4))),
+    ),
+    "blazepose": Layout(
+        "blazepose",
+        _BLAZEPOSE_JOINTS,
+        _BLAZEPOSE_EDGES,
+        centre=0,
+        flip_pairs=((1, 4), (2, 5), (3, 6), (7, 8), (9, 10))
+        + tuple((v, v + 1) for v in range(11, 33, 2)),
+        # head, left arm, right arm, left leg, right leg (as coco's)
+        parts=(0,) * 11 + (1, 2) * 6 + (3, 4) * 5,
     ),
 }
 

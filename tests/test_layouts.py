@@ -3,11 +3,14 @@ joints, and a broken layout is refused naming the file and the field."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
+import csre_jax.models as models
 from csre_jax.data import transforms
 from csre_jax.layouts import BUILTIN_LAYOUTS, load_layout, tree_parents
+from csre_jax.video import COCO_FROM_BLAZEPOSE
 
 ARM = {
     "name": "arm",
@@ -145,3 +148,30 @@ def test_coco_is_pyskls_coco17():
         f"layout 'coco': flip pairs {_named(coco, pairs - pyskl_pairs)} are not pyskl's, "
         f"pyskl's {_named(coco, pyskl_pairs - pairs)} are missing"
     )
+
+
+def test_blazepose_holds_coco17_with_coco_bones():
+    """to_coco takes from the 33 BlazePose landmarks exactly coco's joints, by name; on the
+    blazepose tree each one's nearest COCO ancestor is its coco parent, so the bones agree."""
+    blazepose, coco = BUILTIN_LAYOUTS["blazepose"], BUILTIN_LAYOUTS["coco"]
+    picked = list(COCO_FROM_BLAZEPOSE)
+    assert tuple(blazepose.joints[i] for i in picked) == coco.joints
+    parents = tree_parents(blazepose)
+    for joint, landmark in enumerate(picked):
+        ancestor = parents[landmark]
+        while ancestor not in picked:
+            ancestor = parents[ancestor]
+        assert picked.index(ancestor) == coco.bone_partners()[joint], coco.joints[joint]
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_every_backbone_builds_its_graph_from_blazepose(name):
+    """Adjacency partitions, hop tables, joint groups and HCN's joint count, from the layout
+    (an abstract init: traced, not compiled)."""
+    widths = {"hyperformer": {"num_heads": 2, "head_dim": 6}, "blockgcn": {"num_heads": 2}}
+    model = models.create_model(
+        name, num_classes=3, layout="blazepose", num_person=1, **widths.get(name, {})
+    )
+    inputs = models.example_inputs(model, batch=1, num_frames=16)
+    assert inputs["x"].shape[3] == 33
+    jax.eval_shape(model.init, jax.random.key(0), **inputs)

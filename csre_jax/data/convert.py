@@ -1,14 +1,22 @@
 """Writes pyskl annotation pickles, the custom dataset's format (csre_jax/data/pyskl.py), from
-a folder of .npy sequences, a Python list, our NTU split files or NW-UCLA's JSON clips.
+a folder of .npy sequences or of videos, a Python list, our NTU split files or NW-UCLA's JSON
+clips.
 
     python -m csre_jax.data.convert npy FOLDER --labels labels.csv --out my.pkl
         [--scores] [--img-shape H,W] [--split train]
+    python -m csre_jax.data.convert video FOLDER --labels labels.csv --out my.pkl
+        [--split train] [--world]
     python -m csre_jax.data.convert ntu data/ntu60/NTU60_CS.npz --out ntu60_xsub.pkl
     python -m csre_jax.data.convert ucla data/NW-UCLA --out nw_ucla.pkl
 
 npy: FOLDER/<name>.npy per sequence, (M, T, V, C) or one person's (T, V, C); labels.csv has
 rows `name,label[,split]` (0-based labels; an optional header row `name,label,...`); rows
 without a split go to --split. With --scores the last channel is the keypoint score.
+video: FOLDER/<name> (or the one FOLDER/<name>.* file) per video, the same label table; one
+person's 33 BlazePose landmarks per frame (the `blazepose` layout, csre_jax.video), 2-D pixels
+with scores, img_shape and fps, or with --world metric 3-D. Each video's extraction is kept in
+<out>.parts/ and reused by a rerun; a video that cannot be read or shows no person is named on
+one line and skipped.
 ntu: the split file's train and test parts as splits 'train' and 'test', frame_dir
 `<split>_<position>` (the sample's position in the split file, its memory-bank slot), the
 zero padding cut off and an all-zero second person dropped. ucla: the official cross-view
@@ -18,6 +26,7 @@ written file is checked as training loads it (except the layout) and written ato
 
 import argparse
 import csv
+import glob
 import pickle
 import sys
 import zipfile
@@ -25,12 +34,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from csre_jax.data import pyskl, ucla
 from csre_jax.data.ntu_splits import npz_member_memmap, ntu_row_to_sample
 from csre_jax.data.transforms import valid_frame_count
 from csre_jax.errors import UserError, user_errors
 from csre_jax.fileio import atomic_write
+from csre_jax.video import extract_pose
 
 Samples = list[dict]
 Splits = dict[str, list[str]]
@@ -80,23 +91,12 @@ def npy_annotations(
 ) -> tuple[Samples, Splits]:
     """The samples and splits of a folder of .npy sequences and its label table."""
     samples, splits = [], {}
-    with labels_csv.open(newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["name", "label"]:
-        rows = rows[1:]
-    for line, row in enumerate(rows, start=1):
-        cells = [c.strip() for c in row]
-        if len(cells) not in (2, 3) or not cells[1].isdigit():
-            raise UserError(
-                f"{labels_csv} row {line}: expected name,label[,split] with a 0-based integer "
-                f"label, got {row}"
-            )
-        name, label, split = cells[0], cells[1], cells[2] if len(cells) == 3 else ""
+    for line, name, label, split in _label_rows(labels_csv):
         source = folder / (name if name.endswith(".npy") else f"{name}.npy")
         if not source.is_file():
             raise FileNotFoundError(f"{labels_csv} row {line}: {source} does not exist")
         array = np.load(source, allow_pickle=False)
-        sample = {"frame_dir": Path(name).stem, "label": int(label)}
+        sample = {"frame_dir": Path(name).stem, "label": label}
         if scores:
             array, sample["keypoint_score"] = array[..., :-1], array[..., -1]
         if img_shape is not None:
@@ -104,6 +104,89 @@ def npy_annotations(
         samples.append(sample | {"keypoint": array})
         splits.setdefault(split or default_split, []).append(sample["frame_dir"])
     return samples, splits
+
+
+def _label_rows(labels_csv: Path) -> list[tuple[int, str, int, str]]:
+    """(row number, name, label, split or "") of each row of a label table."""
+    with labels_csv.open(newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["name", "label"]:
+        rows = rows[1:]
+    entries = []
+    for line, row in enumerate(rows, start=1):
+        cells = [c.strip() for c in row]
+        if len(cells) not in (2, 3) or not cells[1].isdigit():
+            raise UserError(
+                f"{labels_csv} row {line}: expected name,label[,split] with a 0-based integer "
+                f"label, got {row}"
+            )
+        entries.append((line, cells[0], int(cells[1]), cells[2] if len(cells) == 3 else ""))
+    return entries
+
+
+def video_annotations(
+    folder: Path,
+    labels_csv: Path,
+    parts: Path,
+    *,
+    world: bool = False,
+    default_split: str = "train",
+) -> tuple[Samples, Splits, list[str]]:
+    """The samples and splits of a folder of videos and its label table, and one line per
+    video skipped (unreadable, or no person in any frame).
+
+    Every named video is found before any is read, so a typo in the table stops the run at
+    once; each extraction is cached in `parts` and reused while the video is unchanged."""
+    rows = [
+        (_video_file(folder, name, f"{labels_csv} row {line}"), name, label, split)
+        for line, name, label, split in _label_rows(labels_csv)
+    ]
+    samples, splits, skipped = [], {}, []
+    for source, name, label, split in tqdm(rows, unit="video", file=sys.stderr):
+        try:
+            pose = _cached_pose(source, parts, world)
+        except UserError as e:
+            skipped.append(f"skipped {e}")
+            tqdm.write(skipped[-1], file=sys.stderr)
+            continue
+        samples.append({"frame_dir": Path(name).stem, "label": label} | pose)
+        splits.setdefault(split or default_split, []).append(Path(name).stem)
+    return samples, splits, skipped
+
+
+def _video_file(folder: Path, name: str, where: str) -> Path:
+    """FOLDER/name, or the one FOLDER/name.* file."""
+    if (folder / name).is_file():
+        return folder / name
+    found = [p for p in folder.glob(f"{glob.escape(name)}.*") if p.is_file()]
+    if len(found) != 1:
+        matches = ", ".join(sorted(p.name for p in found)) or "none"
+        raise UserError(
+            f"{where}: expected one video named {name!r} in {folder}, found {matches}; name "
+            "the video file (with its extension) in the table"
+        )
+    return found[0]
+
+
+def _cached_pose(source: Path, parts: Path, world: bool) -> dict:
+    """extract_pose's result for `source`, from `parts` when a run extracted it already from the
+    same file (size and modification time) with the same `world`."""
+    stat = source.stat()
+    key = np.array([stat.st_size, stat.st_mtime_ns, world], np.int64)
+    part = parts / f"{source.name}.npz"
+    if part.is_file():
+        with np.load(part) as cached:
+            if np.array_equal(cached["source"], key):
+                pose = {field: cached[field] for field in cached.files if field != "source"}
+                return pose | {
+                    "img_shape": tuple(int(n) for n in pose["img_shape"]),
+                    "fps": float(pose["fps"]),
+                    "total_frames": int(pose["total_frames"]),
+                }
+    pose = extract_pose(source, world=world)
+    with atomic_write(part) as tmp, tmp.open("wb") as f:
+        np.savez(f, source=key, **pose)
+    return pose
 
 
 def ntu_annotations(split_file: Path) -> tuple[Samples, Splits]:
@@ -162,11 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sources = parser.add_subparsers(dest="source", required=True)
     npy = sources.add_parser("npy", help="a folder of .npy sequences and a label CSV")
-    npy.add_argument("folder", type=Path)
-    npy.add_argument("--labels", type=Path, required=True, help="CSV rows name,label[,split]")
+    video = sources.add_parser("video", help="a folder of videos and a label CSV (BlazePose)")
+    for sub in (npy, video):
+        sub.add_argument("folder", type=Path)
+        sub.add_argument("--labels", type=Path, required=True, help="CSV rows name,label[,split]")
+        sub.add_argument("--split", default="train", help="split of rows that name none")
     npy.add_argument("--scores", action="store_true", help="the last channel is the score")
     npy.add_argument("--img-shape", type=_img_shape, help="H,W of 2-D pixel coordinates")
-    npy.add_argument("--split", default="train", help="split of rows that name none")
+    video.add_argument("--world", action="store_true", help="metric 3-D landmarks, not pixels")
     sources.add_parser("ntu", help="one of our NTU split files").add_argument(
         "split_file", type=Path
     )
@@ -175,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--out", type=Path, required=True, help="the .pkl to write")
         sub.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
+    skipped = []
     with user_errors(args.verbose):
         if args.source == "npy":
             samples, splits = npy_annotations(
@@ -184,13 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 img_shape=args.img_shape,
                 default_split=args.split,
             )
+        elif args.source == "video":
+            samples, splits, skipped = video_annotations(
+                args.folder,
+                args.labels,
+                args.out.with_name(f"{args.out.name}.parts"),
+                world=args.world,
+                default_split=args.split,
+            )
         elif args.source == "ntu":
             samples, splits = ntu_annotations(args.split_file)
         else:
             samples, splits = ucla_annotations(args.root)
         write_annotations(args.out, samples, splits)
     sizes = ", ".join(f"{name} {len(dirs)}" for name, dirs in splits.items())
-    print(f"wrote {args.out}: {len(samples)} samples ({sizes})")
+    unread = f"; {len(skipped)} video(s) skipped, named above" if skipped else ""
+    print(f"wrote {args.out}: {len(samples)} samples ({sizes}){unread}")
     return 0
 
 
