@@ -14,7 +14,8 @@ validation split, scores/val_scores.npz) or a score file: ours (.npz) or CTR-GCN
 scripts, from --weights (file order), or with --search_weights from a grid search on the
 validation scores only, never on the test labels; each result says which. --report writes
 report.json, report.md and PNG figures (per-class accuracy, difficulty levels, confusion
-matrix, t-SNE, and with --baseline the classes that gained or lost most).
+matrix, t-SNE, and with --baseline the classes that gained or lost most) and an animation of
+the most confidently misclassified test samples (confused.gif).
 """
 
 import functools
@@ -191,7 +192,10 @@ def evaluate_and_report() -> None:
         baseline = _evaluate(_BASELINE.value, _BASELINE_VAL_RUNS.value, "baseline")
     if _REPORT.value:
         print("writing the report (a t-SNE of up to 2,000 test samples takes a minute or so)")
-        write_report(Path(_REPORT.value), evaluation, baseline, top=_TOP_CLASSES.value)
+        report = write_report(Path(_REPORT.value), evaluation, baseline, top=_TOP_CLASSES.value)
+        skipped = report["confused_animation"].get("skipped")
+        if skipped:
+            print(f"no animation of the most confused test samples: {skipped}")
         print(f"report written to {Path(_REPORT.value) / 'report.md'} (and report.json, PNGs)")
 
 

@@ -5,11 +5,17 @@
   python predict.py --workdir=runs/mine --input=clip.npy           # (M, T, V, C) or a batch
   python predict.py --workdir=runs/mine --input=clip.npy --scores=score.npy --img_shape=480,640
   python predict.py --workdir=runs/ntu60 --input=S001C001P001R001A001.skeleton
+  python predict.py --workdir=runs/pose --input=clip.mp4 --render=clip_labelled.mp4
+  python predict.py --workdir=runs/mine --input=long.npy --window=32 --stride=8 --smooth=3 \
+      --fps=30 --render=long.gif
 
 The backbone alone runs (csre_jax.predictor); a .pkl's samples use their own keypoint
 scores and image shapes, and when they have labels an accuracy summary follows the
 predictions. A .npy for a 2-D run that uses keypoint scores carries them as its last channel
-(x, y, score) or in --scores.
+(x, y, score) or in --scores. A video's skeletons come from BlazePose (csre_jax.video, the
+video extra). --window prints the actions along one long sequence as segments
+(docs/streams.md); --render draws the skeletons with their labels over the video, or on a
+blank canvas.
 """
 
 import dataclasses
@@ -18,14 +24,16 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from csre_jax import cli
+from csre_jax import cli, render
 from csre_jax.cli import start
 from csre_jax.data import pyskl, pyskl_transform
 from csre_jax.errors import UserError
 from csre_jax.predictor import Predictor, keypoints_from_skeleton_file
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run folder.")
-_INPUT = flags.DEFINE_string("input", None, "A .pkl (pyskl), .npy or NTU .skeleton file.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "A .pkl (pyskl), .npy, NTU .skeleton or video (.mp4, .avi, .mov, ...) file."
+)
 _SPLIT = flags.DEFINE_string(
     "split", None, "With a .pkl: predict only this split's samples (default: every sample)."
 )
@@ -51,6 +59,32 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "Sequences per compiled batch (0: the run's data.eval_batch_size).",
     lower_bound=0,
 )
+_WINDOW = flags.DEFINE_integer(
+    "window",
+    None,
+    "Frames per window: print the actions along one long sequence as segments.",
+    lower_bound=1,
+)
+_STRIDE = flags.DEFINE_integer(
+    "stride",
+    None,
+    "With --window: frames between windows (default: half the window).",
+    lower_bound=1,
+)
+_SMOOTH = flags.DEFINE_integer(
+    "smooth", 1, "With --window: windows averaged per window (centred; 1: none).", lower_bound=1
+)
+_FPS = flags.DEFINE_float(
+    "fps", None, "Frames per second of skeleton input: segment times and --render's rate."
+)
+_RENDER = flags.DEFINE_string(
+    "render",
+    None,
+    "Write the skeletons with their labels to this .mp4 or .gif (over the video for video "
+    "input, on a blank canvas otherwise).",
+)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+RENDER_FPS = 30.0  # skeleton input without --fps
 WORST_CLASSES = 3  # classes listed under the accuracy, those with the most errors
 
 
@@ -63,6 +97,7 @@ class Sequences:
     scores: list[np.ndarray | None]
     img_shapes: list[tuple[int, int] | None]
     labels: list[int | None]
+    fps: float | None = None
 
 
 def parse_img_shape(value: str | None) -> tuple[int, int] | None:
@@ -181,6 +216,32 @@ def read_pkl(path: Path, split: str | None) -> Sequences:
     )
 
 
+def read_video(path: Path, predictor: Predictor) -> Sequences:
+    """The BlazePose skeleton of a video's person (its COCO-17 subset for a coco run):
+    pixels, or metres for a 3-D run."""
+    if _FPS.value is not None:
+        raise UserError(f"--fps={_FPS.value}: a video's own frame rate is used; leave it out")
+    try:
+        from csre_jax.video.pose import extract_pose, to_coco
+    except ImportError as e:
+        raise UserError(
+            f"--input={path}: video input needs the video extra ({e}): "
+            "pip install -r requirements-video.txt"
+        ) from None
+    pose = extract_pose(path, world=predictor.coords == 3, progress=True)
+    keypoint, score = pose["keypoint"], pose["keypoint_score"]
+    if predictor.card.layout.name == "coco":  # BlazePose's landmarks include COCO's 17
+        keypoint, score = to_coco(keypoint, score)
+    return Sequences(
+        [path.stem],
+        [keypoint],
+        [score],
+        [tuple(pose["img_shape"])],
+        [None],
+        fps=float(pose["fps"]),
+    )
+
+
 def read_sequences(path: Path, predictor: Predictor) -> Sequences:
     """Every sequence of the input file (of --split's samples), checked against the run."""
     img_shape = parse_img_shape(_IMG_SHAPE.value)
@@ -194,7 +255,9 @@ def read_sequences(path: Path, predictor: Predictor) -> Sequences:
         raise UserError(f"--scores={_SCORES.value}: only with a .npy --input")
     if not path.is_file():
         raise FileNotFoundError(f"--input={path}: no such file")
-    if path.suffix == ".skeleton":
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        sequences = read_video(path, predictor)
+    elif path.suffix == ".skeleton":
         sequences = Sequences(
             [path.stem], [keypoints_from_skeleton_file(path)], [None], [None], [None]
         )
@@ -203,7 +266,10 @@ def read_sequences(path: Path, predictor: Predictor) -> Sequences:
     elif path.suffix == ".pkl":
         sequences = read_pkl(path, _SPLIT.value)
     else:
-        raise UserError(f"--input={path}: expected a .pkl, .npy or .skeleton file")
+        raise UserError(
+            f"--input={path}: expected a .pkl, .npy, .skeleton or video "
+            f"({', '.join(VIDEO_SUFFIXES)}) file"
+        )
     sequences.img_shapes = [img_shape if s is None else s for s in sequences.img_shapes]
     _check(sequences, path, predictor)
     return sequences
@@ -260,14 +326,69 @@ def accuracy_lines(
     return lines
 
 
-def main(argv):
-    start(argv)
-    predictor = Predictor.from_run(
-        _WORKDIR.value, checkpoint=_CHECKPOINT.value, batch_size=_BATCH_SIZE.value or None
-    )
-    sequences = read_sequences(Path(_INPUT.value), predictor)
-    predictions = predictor.predict(sequences.keypoints, sequences.scores, sequences.img_shapes)
+def check_stream_flags() -> None:
+    """--stride and --smooth only mean something with --window; --render's path is checked
+    before the model loads."""
+    if _WINDOW.value is None:
+        for flag in (_STRIDE, _SMOOTH):
+            if flag.present:
+                raise UserError(f"--{flag.name}={flag.value}: only with --window=FRAMES")
+    if _FPS.value is not None and not _FPS.value > 0:
+        raise UserError(f"--fps={_FPS.value}: give the frames per second, e.g. --fps=30")
+    if _RENDER.value is not None:
+        render.check_output(_RENDER.value)
+
+
+def predict_one(predictor: Predictor, sequences: Sequences, path: Path) -> None:
+    """--window's segments and --render's file for the input's one sequence."""
+    if len(sequences.names) != 1:
+        flag = "--window" if _WINDOW.value is not None else "--render"
+        raise UserError(
+            f"{flag}: --input={path} holds {len(sequences.names)} sequences; give one (a .npy "
+            "of one sequence, or a .pkl of one sample)"
+        )
+    keypoint, score = predictor.check(sequences.keypoints[0], sequences.scores[0])
+    img_shape = sequences.img_shapes[0]
+    fps = sequences.fps or _FPS.value
     class_names = predictor.card.class_names
+    if _WINDOW.value is not None:
+        try:
+            timeline = predictor.predict_stream(
+                keypoint,
+                score,
+                img_shape,
+                window=_WINDOW.value,
+                stride=_STRIDE.value or max(_WINDOW.value // 2, 1),
+                smooth=_SMOOTH.value,
+                fps=fps,
+            )
+        except UserError as e:
+            raise UserError(f"--input={path}: {e}") from e
+        print(f"{sequences.names[0]}: " + "\n".join(timeline.lines()))
+        probabilities = timeline.frame_probabilities
+    else:
+        predictions = predictor.predict(keypoint, score, img_shape)
+        probabilities = predictions.probabilities.repeat(keypoint.shape[1], axis=0)
+        print_predictions(sequences, predictions)
+    if _RENDER.value is not None:
+        # Over the video where the keypoints are its pixels (not a 3-D run's world landmarks).
+        video = path if sequences.fps is not None and predictor.coords == 2 else None
+        count = render.render(
+            _RENDER.value,
+            keypoint,
+            predictor.card.layout,
+            score=score,
+            frame_captions=render.captions(probabilities, class_names),
+            video=video,
+            fps=fps or RENDER_FPS,
+            y_up=predictor.coords == 3,
+        )
+        print(f"{count} frames written to {_RENDER.value}")
+
+
+def print_predictions(sequences: Sequences, predictions) -> None:
+    """Each sequence's top --top_k classes, then the accuracy over the labelled ones."""
+    class_names = predictions.class_names
     tops = predictions.top(_TOP_K.value)
     for name, label, top in zip(sequences.names, sequences.labels, tops, strict=True):
         truth = f" (label: {class_names[label]})" if label is not None else ""
@@ -277,6 +398,21 @@ def main(argv):
     summary = accuracy_lines(predictions.probabilities, sequences.labels, class_names)
     if summary:
         print("\n" + "\n".join(summary))
+
+
+def main(argv):
+    start(argv)
+    check_stream_flags()
+    predictor = Predictor.from_run(
+        _WORKDIR.value, checkpoint=_CHECKPOINT.value, batch_size=_BATCH_SIZE.value or None
+    )
+    path = Path(_INPUT.value)
+    sequences = read_sequences(path, predictor)
+    if _WINDOW.value is not None or _RENDER.value is not None:
+        predict_one(predictor, sequences, path)
+        return
+    predictions = predictor.predict(sequences.keypoints, sequences.scores, sequences.img_shapes)
+    print_predictions(sequences, predictions)
 
 
 if __name__ == "__main__":

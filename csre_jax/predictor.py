@@ -4,6 +4,7 @@
     predictions = predictor.predict(keypoints)   # (M, T, V, C), a batch of them, or a list
     predictions.top(5)                           # [[(name, probability), ...], ...]
     predictor.logits({"x": xs})                  # model inputs, as predictor.inputs makes them
+    predictor.predict_stream(long_keypoints, window=32, stride=8).lines()  # docs/streams.md
 
 Keypoints are pyskl's (persons, frames, joints, coords) in the units the run was trained
 on: pixels for 2-D custom data (with `scores` (M, T, V) when the run uses them and the
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from csre_jax import compile_cache, sharding
+from csre_jax import compile_cache, sharding, stream
 from csre_jax.data import datasets, ntu_prepare, pyskl_transform
 from csre_jax.data.ntu_raw import read_skeleton
 from csre_jax.errors import UserError
@@ -88,8 +89,9 @@ class Predictor:
         variables: dict,
         batch_size: int | None = None,
     ):
-        """batch_size defaults to the run's evaluation batch: then prediction runs the very
-        program evaluation compiled (and finds it in the compilation cache)."""
+        """batch_size (default: the run's evaluation batch) is the most sequences one call of
+        the step takes; fewer run in the smallest power-of-two batch that holds them, so one
+        sequence costs one sequence's compute, not a padded evaluation batch's."""
         self.config, self.card = config, card
         self.batch_size = batch_size or config.data.eval_batch_size
         self._mesh = sharding.mesh_for_config(config)
@@ -208,15 +210,59 @@ class Predictor:
         probabilities = np.asarray(jax.nn.softmax(self.logits(inputs), axis=-1))
         return Predictions(probabilities, self.card.class_names)
 
+    def predict_stream(
+        self,
+        keypoint: np.ndarray,
+        score: np.ndarray | None = None,
+        img_shape: tuple[int, int] | None = None,
+        *,
+        window: int,
+        stride: int,
+        smooth: int = 1,
+        fps: float | None = None,
+    ) -> stream.Timeline:
+        """The actions along one long sequence (M, T, V, C): windows of `window` frames every
+        `stride` frames, all predicted as one list (batched as `logits` batches), their
+        probabilities averaged over `smooth` windows, then merged into segments
+        (csre_jax.stream); fps gives the segments' times in seconds."""
+        keypoint, score = self.check(keypoint, score)
+
+        def probabilities(starts: np.ndarray) -> np.ndarray:
+            parts = [slice(s, s + window) for s in starts]
+            scores = None if score is None else [score[:, part] for part in parts]
+            keypoints = [keypoint[:, part] for part in parts]
+            return self.predict(keypoints, scores, img_shape).probabilities
+
+        return stream.build_timeline(
+            probabilities,
+            keypoint.shape[1],
+            window=window,
+            stride=stride,
+            smooth=smooth,
+            fps=fps,
+            class_names=self.card.class_names,
+        )
+
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Logits (B, K) of B sequences' model inputs (what `inputs` returns, stacked: each
-        array (B, ...)), run in padded batches of batch_size: one compiled step for any B."""
+        array (B, ...)), in batches of batch_size; the last one padded to `padded_size`."""
         count = len(inputs["x"])
         rows = []
         for start in range(0, count, self.batch_size):
             chunk = {k: v[start : start + self.batch_size] for k, v in inputs.items()}
-            pad = self.batch_size - len(chunk["x"])  # repeat the last row: one compiled shape
+            pad = self.padded_size(len(chunk["x"])) - len(chunk["x"])  # repeats the last row
             batch = {k: np.concatenate([v, v[-1:].repeat(pad, 0)]) for k, v in chunk.items()}
             logits, _ = self._eval_step(self._variables, sharding.global_batch(batch, self._mesh))
             rows.append(np.asarray(jax.device_get(logits)))
         return np.concatenate(rows)[:count]
+
+    def padded_size(self, count: int) -> int:
+        """The batch that `count` sequences (at most batch_size) run in: the smallest power of
+        two times the device count that holds them, at most batch_size. A handful of compiled
+        shapes (each compiled once, then cached) against padding every call to batch_size,
+        which multiplied one sequence's time by up to the evaluation batch (256 on NTU)."""
+        devices = self._mesh.size
+        size = devices
+        while size < count:
+            size *= 2
+        return min(size, max(self.batch_size, devices))

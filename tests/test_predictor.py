@@ -8,6 +8,8 @@ before any computation. tests/test_custom_data.py predicts from trained runs.
 
 import importlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pyskl_files
 import pytest
@@ -118,3 +120,23 @@ def test_a_custom_run_predicts_without_its_layout_file(tmp_path):
     keypoint = np.full((1, 20, 17, 2), 100.0)
     x = _predictor(config, card).inputs(keypoint, np.ones((1, 20, 17)))["x"]
     assert x.shape == (3, 16, 17, 2)
+
+
+def test_few_sequences_run_in_a_small_batch_with_the_same_logits(tmp_path):
+    """One sequence runs as a batch of one, not padded to the evaluation batch, and a
+    sequence's logits do not depend on the batch it ran in."""
+    config = importlib.import_module("configs.ctrgcn").get_config("custom,tiny")
+    config.data.path = str(pyskl_files.coco_file(tmp_path))
+    config.data.coords, config.num_devices = 2, 1
+    card = ModelCard(load_layout("coco"), {"x": (3, 16, 17, 2)}, ("a", "b"))
+    backbone = build_backbone(config, card)
+    variables = backbone.init(jax.random.key(0), jnp.zeros((1, 3, 16, 17, 2)), train=False)
+    predictor = Predictor(config, card, backbone, variables, batch_size=8)
+    assert [predictor.padded_size(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    shapes, step = [], predictor._eval_step
+    predictor._eval_step = lambda v, batch: shapes.append(len(batch["x"])) or step(v, batch)
+    x = np.random.default_rng(0).normal(size=(10, 3, 16, 17, 2)).astype(np.float32)
+    together = predictor.logits({"x": x})
+    alone = np.concatenate([predictor.logits({"x": x[i : i + 1]}) for i in range(10)])
+    assert shapes == [8, 2] + [1] * 10
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)

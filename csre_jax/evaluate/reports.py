@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from csre_jax.errors import UserError
-from csre_jax.evaluate import figures
+from csre_jax.evaluate import animations, figures
 from csre_jax.evaluate.class_names import class_names, numbered
 from csre_jax.evaluate.ensembles import SHORT_NAMES, Result, RunsEvaluation
 from csre_jax.evaluate.scores import ScoreFile, check_same_samples
@@ -236,8 +236,9 @@ def write_report(
     max_tsne_points: int = 2000,
 ) -> dict:
     """report.json, report.md, confusion.png, tsne.png (when the score files hold features),
-    curves.png (when runs are run folders with metrics.jsonl) and, against a baseline,
-    per_class_delta.png; returns the report."""
+    curves.png (when runs are run folders with metrics.jsonl), confused.gif (when a run is a
+    run folder whose test split loads) and, against a baseline, per_class_delta.png; returns
+    the report."""
     folder = Path(folder)
     report, arrays = build_report(evaluation, baseline, top)
     report["figures"] = {"confusion": "confusion.png"}
@@ -267,6 +268,16 @@ def write_report(
     else:
         note = "no training curves: no evaluated run is a run folder with metrics.jsonl"
         report["notes"] = [*report["notes"], note]
+    animation = animations.write_confused_gif(
+        folder / animations.CONFUSED_GIF,
+        evaluation.main.logits,
+        labels=evaluation.labels,
+        names=arrays["names"],
+        runs=_run_folders(evaluation),
+    )
+    report["confused_animation"] = animation
+    if "file" in animation:
+        report["figures"]["confused"] = animation["file"]
     with atomic_write(folder / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     with atomic_write(folder / "report.md") as tmp:
