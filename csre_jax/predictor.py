@@ -245,12 +245,14 @@ class Predictor:
 
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Logits (B, K) of B sequences' model inputs (what `inputs` returns, stacked: each
-        array (B, ...)), in batches of batch_size; the last one padded to `padded_size`."""
+        array (B, ...)): more than batch_size in batches of batch_size (the last one padded:
+        one compiled shape for a long stream's windows), fewer in one of `padded_size`."""
         count = len(inputs["x"])
+        size = self.batch_size if count > self.batch_size else self.padded_size(count)
         rows = []
-        for start in range(0, count, self.batch_size):
-            chunk = {k: v[start : start + self.batch_size] for k, v in inputs.items()}
-            pad = self.padded_size(len(chunk["x"])) - len(chunk["x"])  # repeats the last row
+        for start in range(0, count, size):
+            chunk = {k: v[start : start + size] for k, v in inputs.items()}
+            pad = size - len(chunk["x"])  # repeats the last row
             batch = {k: np.concatenate([v, v[-1:].repeat(pad, 0)]) for k, v in chunk.items()}
             logits, _ = self._eval_step(self._variables, sharding.global_batch(batch, self._mesh))
             rows.append(np.asarray(jax.device_get(logits)))
@@ -258,7 +260,7 @@ class Predictor:
 
     def padded_size(self, count: int) -> int:
         """The batch that `count` sequences (at most batch_size) run in: the smallest power of
-        two times the device count that holds them, at most batch_size. A handful of compiled
+        two times the device count that holds them (at most batch_size). A handful of compiled
         shapes (each compiled once, then cached) against padding every call to batch_size,
         which multiplied one sequence's time by up to the evaluation batch (256 on NTU)."""
         devices = self._mesh.size

@@ -50,10 +50,16 @@ def check_output(path: str | Path) -> Path:
     return path
 
 
+# Below this score a joint is a guess (BlazePose places legs out of frame with visibility
+# around 0.1): drawing it would show a skeleton the model was not sure of.
+MIN_DRAWN_SCORE = 0.3
+
+
 def visible_joints(keypoint: np.ndarray, score: np.ndarray | None = None) -> np.ndarray:
-    """(M, T, V) bool: the joints to draw."""
+    """(M, T, V) bool: the joints to draw: not missing (zeros), scored at least
+    MIN_DRAWN_SCORE where there are scores."""
     visible = np.any(keypoint != 0, axis=-1)
-    return visible if score is None else visible & (np.asarray(score) > 0)
+    return visible if score is None else visible & (np.asarray(score) >= MIN_DRAWN_SCORE)
 
 
 def fit_to_canvas(
