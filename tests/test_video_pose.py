@@ -3,11 +3,15 @@ a short video made from matplotlib's portrait of Grace Hopper, keeps frames with
 zeros, and `convert video` writes a pyskl file, skipping a corrupt video and reusing its parts
 on a rerun."""
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
 import pytest
+from PIL import Image
 
 from csre_jax.data import convert, pyskl
 from csre_jax.errors import UserError
@@ -169,3 +173,41 @@ def test_convert_video_names_a_missing_video(tmp_path, capsys):
     assert failed.value.code == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and "row 1: expected one video named 'ghost'" in line
+
+
+def test_readme_from_video_commands_run_as_written(cv2, tmp_path):
+    """The README's "From video" commands, in a folder of videos and a label table: only the
+    training gets a tiny, one-epoch model added, so the test stays short."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("**From video**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert commands[0] == "pip install -r requirements-video.txt"  # installed here already
+    for name in ("train.py", "predict.py", "configs", "csre_jax"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "videos").mkdir()
+    rows = []
+    for i in range(8):  # still and moving portraits: two classes
+        still = i % 2 == 0
+        _write_video(cv2, tmp_path / "videos" / f"clip{i}.mp4", 4 if still else 24)
+        rows.append(f"clip{i},{int(still)},{'test' if i >= 6 else 'train'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    _write_video(cv2, tmp_path / "new.mp4", 70)
+    tiny = (
+        " --config.num_epochs=1 --config.data.batch_size=2 --config.data.eval_batch_size=2"
+        " --config.csre.num_positives=0 --config.csre.num_negatives=0"
+    )
+    for command in commands[1:]:
+        if command.startswith("python train.py"):
+            command = re.sub(r"(configs/\w+\.py:custom)", r"\1,tiny", command) + tiny
+        done = subprocess.run(
+            command.replace("python ", f"{sys.executable} ", 1),
+            shell=True,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert f"new: 70 frames at {FPS:g} fps" in done.stdout, done.stdout  # the timeline
+    with Image.open(tmp_path / "new.gif") as rendered:
+        assert rendered.size == SIZE and 1 < rendered.n_frames <= 70  # equal frames merge
