@@ -211,3 +211,22 @@ def test_readme_from_video_commands_run_as_written(cv2, tmp_path):
     assert f"new: 70 frames at {FPS:g} fps" in done.stdout, done.stdout  # the timeline
     with Image.open(tmp_path / "new.gif") as rendered:
         assert rendered.size == SIZE and 1 < rendered.n_frames <= 70  # equal frames merge
+
+    # Mistakes with videos, against the run just trained: one line each, no traceback.
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    _write_video(cv2, tmp_path / "nobody.mp4", 6, person=False)
+    for flags, words in (
+        ("--input=empty.mp4", "empty.mp4: cannot be decoded as a video or has no frame"),
+        ("--input=nobody.mp4", "nobody.mp4: no person found in any of its 6 frames"),
+        ("--input=new.mp4 --window=71", "a window of 71 frames is longer than the sequence"),
+    ):
+        done = subprocess.run(
+            f"{sys.executable} predict.py --workdir=runs/mine {flags}",
+            shell=True,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert len(errors) == 1 and words in errors[0], done.stderr[-2000:]
