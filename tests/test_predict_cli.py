@@ -4,23 +4,18 @@ the .pkl path predicts for the same sequence; --split picks a split's samples; l
 inputs end with their accuracy; and a bad file or flag is one 'error:' line naming it.
 """
 
-import importlib
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyskl_files
 import pytest
+import tiny_runs
 
 from csre_jax.data import pyskl, pyskl_transform
 from csre_jax.model_card import ModelCard
-from csre_jax.training import loop
 from csre_jax.workdir import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6  # top-5 accuracy is printed from 5 classes on
 SEQUENCE = re.compile(r"^(?P<name>\S+)(?: \(label: (?P<label>.*)\))?$")
 
@@ -32,26 +27,7 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(folder) -> RunFolder:
-    """HCN (the quickest backbone to compile) trained one epoch on 24 samples, 12 to test."""
-    path = pyskl_files.coco_file(folder, count=36, num_classes=NUM_CLASSES)
-    config = importlib.import_module("configs.hcn").get_config("custom,tiny")
-    config.data.path, config.data.layout = str(path), "coco"
-    config.num_devices, config.num_epochs = 1, 1
-    run = RunFolder(folder / "run")
-    loop.train_and_evaluate(config, run.root)
-    return run
-
-
-def _predict(run: RunFolder, *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CSRE_JAX_CACHE": str(run.root.parent / "xla")}
-    return subprocess.run(
-        [sys.executable, "predict.py", f"--workdir={run.root}", *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return tiny_runs.coco_run(folder, NUM_CLASSES)
 
 
 def _parse(stdout: str) -> tuple[dict[str, tuple[str | None, list]], list[str]]:
@@ -75,7 +51,7 @@ def _parse(stdout: str) -> tuple[dict[str, tuple[str | None, list]], list[str]]:
 def test_split(run) -> tuple[dict, list[str]]:
     """predict.py on the file's test split, the default top 5."""
     path = run.root.parent / "coco.pkl"
-    result = _predict(run, f"--input={path}", "--split=test")
+    result = tiny_runs.predict_cli(run, f"--input={path}", "--split=test")
     assert result.returncode == 0, result.stderr
     return _parse(result.stdout)
 
@@ -149,7 +125,7 @@ def test_npy_with_the_score_as_last_channel_predicts_as_the_pkl(run, test_split,
     keypoint = sample["keypoint"].astype(np.float64) * [default_w / w, default_h / h]
     array = np.concatenate([keypoint, sample["keypoint_score"][..., None]], axis=-1)
     np.save(folder / "clip.npy", np.stack([array, array]).astype(np.float32))
-    result = _predict(run, f"--input={folder / 'clip.npy'}", "--top_k=3")
+    result = tiny_runs.predict_cli(run, f"--input={folder / 'clip.npy'}", "--top_k=3")
     assert result.returncode == 0, result.stderr
     sequences, summary = _parse(result.stdout)
     want = test_split[0][sample["frame_dir"]][1][:3]
@@ -163,7 +139,7 @@ def test_npy_with_scores_and_img_shape_predicts_as_the_pkl(run, test_split, fold
     np.save(folder / "keypoint.npy", sample["keypoint"].astype(np.float32))
     np.save(folder / "score.npy", sample["keypoint_score"].astype(np.float32))
     h, w = pyskl_files.IMG_SHAPE
-    result = _predict(
+    result = tiny_runs.predict_cli(
         run,
         f"--input={folder / 'keypoint.npy'}",
         f"--scores={folder / 'score.npy'}",
@@ -195,7 +171,7 @@ def test_bad_input_is_one_error_line(run, folder, case):
         else:
             np.save(path, np.zeros((1, 30, 25, 3) if case == "wrong_joints" else (1, 30, 17, 2)))
         flags = [f"--input={path}"]
-    result = _predict(run, *flags)
+    result = tiny_runs.predict_cli(run, *flags)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr and re.search(BAD_INPUTS[case], errors[0]), errors

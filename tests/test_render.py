@@ -4,7 +4,6 @@ and a bad output path, several sequences or a window longer than the sequence is
 'error:' line.
 """
 
-import importlib
 import json
 import os
 import subprocess
@@ -12,14 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyskl_files
 import pytest
+import tiny_runs
 from PIL import Image
 
 from csre_jax import render
 from csre_jax.errors import UserError
 from csre_jax.layouts import BUILTIN_LAYOUTS
-from csre_jax.training import loop
 from csre_jax.video.pose import COCO_FROM_BLAZEPOSE, NUM_LANDMARKS
 from csre_jax.workdir import RunFolder
 
@@ -48,26 +46,8 @@ runpy.run_path("predict.py", run_name="__main__")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunFolder:
-    """HCN trained one epoch on a 2-D COCO-17 file with scores (random, so it errs)."""
-    folder = tmp_path_factory.mktemp("render")
-    path = pyskl_files.coco_file(folder, count=36, num_classes=4)
-    config = importlib.import_module("configs.hcn").get_config("custom,tiny")
-    config.data.path, config.data.layout = str(path), "coco"
-    config.num_devices, config.num_epochs = 1, 1
-    run = RunFolder(folder / "run")
-    loop.train_and_evaluate(config, run.root)
-    return run
-
-
-def _command(run: RunFolder, script: list[str], *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CSRE_JAX_CACHE": str(run.root.parent / "xla"), "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, *script, *flags], cwd=REPO, env=env, capture_output=True, text=True
-    )
-
-
-def _predict(run: RunFolder, *flags: str) -> subprocess.CompletedProcess:
-    return _command(run, ["predict.py", f"--workdir={run.root}"], *flags)
+    """A trained 2-D COCO run with scores (random data, so it errs)."""
+    return tiny_runs.coco_run(tmp_path_factory.mktemp("render"), num_classes=4)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -113,7 +93,7 @@ def test_render_writes_a_playable_mp4_with_the_timeline(run, tmp_path):
     np.save(tmp_path / "clip.npy", _skeleton())
     out = tmp_path / "clip.mp4"
     flags = ["--window=16", "--stride=8", "--fps=20", f"--render={out}"]
-    result = _predict(run, f"--input={tmp_path / 'clip.npy'}", *flags)
+    result = tiny_runs.predict_cli(run, f"--input={tmp_path / 'clip.npy'}", *flags)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("clip: 40 frames at 20 fps, 4 windows of 16 frames")
     assert result.stdout.splitlines()[-1] == f"{FRAMES} frames written to {out}"
@@ -127,7 +107,9 @@ def test_render_writes_a_playable_mp4_with_the_timeline(run, tmp_path):
 def test_render_writes_a_gif_of_the_sequence_with_its_prediction(run, tmp_path):
     np.save(tmp_path / "clip.npy", _skeleton())
     out = tmp_path / "clip.gif"
-    result = _predict(run, f"--input={tmp_path / 'clip.npy'}", f"--render={out}", "--top_k=2")
+    result = tiny_runs.predict_cli(
+        run, f"--input={tmp_path / 'clip.npy'}", f"--render={out}", "--top_k=2"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:1] == ["clip"]  # the predictions as without --render
     with Image.open(out) as gif:
@@ -158,7 +140,7 @@ def test_video_input_renders_over_the_video(run, tmp_path):
     out = tmp_path / "labelled.mp4"
     script = [str(tmp_path / "fake_pose.py"), str(tmp_path / "pose.npz")]
     flags = [f"--input={video}", "--window=20", "--stride=10", f"--render={out}"]
-    result = _command(run, script, f"--workdir={run.root}", *flags)
+    result = tiny_runs.script(run, script, f"--workdir={run.root}", *flags)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("walk: 40 frames at 25 fps, 3 windows of 20 frames")
     frames = _mp4_frames(out)
@@ -209,13 +191,13 @@ def test_a_bad_render_path_is_refused_before_the_model_loads(tmp_path):
 
 def test_a_window_longer_than_the_sequence_or_several_sequences_are_one_line(run, tmp_path):
     np.save(tmp_path / "short.npy", _skeleton(12))
-    result = _predict(run, f"--input={tmp_path / 'short.npy'}", "--window=16")
+    result = tiny_runs.predict_cli(run, f"--input={tmp_path / 'short.npy'}", "--window=16")
     assert _one_error_line(result) == (
         f"error: --input={tmp_path / 'short.npy'}: a window of 16 frames is longer than the "
         "sequence (12 frames); use a window of at most 12 frames"
     )
     np.save(tmp_path / "two.npy", np.stack([_skeleton(), _skeleton(seed=1)]))
-    result = _predict(run, f"--input={tmp_path / 'two.npy'}", "--window=16")
+    result = tiny_runs.predict_cli(run, f"--input={tmp_path / 'two.npy'}", "--window=16")
     assert _one_error_line(result) == (
         f"error: --window: --input={tmp_path / 'two.npy'} holds 2 sequences; give one (a .npy "
         "of one sequence, or a .pkl of one sample)"
@@ -223,7 +205,9 @@ def test_a_window_longer_than_the_sequence_or_several_sequences_are_one_line(run
 
 
 def test_report_animates_the_most_confused_test_samples(run, tmp_path):
-    result = _command(run, ["eval.py", f"--runs={run.root}", f"--report={tmp_path / 'report'}"])
+    result = tiny_runs.script(
+        run, ["eval.py", f"--runs={run.root}", f"--report={tmp_path / 'report'}"]
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     animation = report["confused_animation"]
@@ -240,7 +224,7 @@ def test_report_animates_the_most_confused_test_samples(run, tmp_path):
 
     scores = tmp_path / "scores_only.npz"  # a score file outside its run folder
     scores.write_bytes(run.test_scores.read_bytes())
-    result = _command(run, ["eval.py", f"--runs={scores}", f"--report={tmp_path / 'bare'}"])
+    result = tiny_runs.script(run, ["eval.py", f"--runs={scores}", f"--report={tmp_path / 'bare'}"])
     assert result.returncode == 0, result.stderr
     skipped = [line for line in result.stdout.splitlines() if "animation" in line]
     assert skipped == [

@@ -5,22 +5,19 @@ trained on three hand actions finds where they change in a sequence of them back
 
 import importlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyskl_files
 import pytest
+import tiny_runs
 
 from csre_jax import stream
 from csre_jax.errors import UserError
 from csre_jax.training import loop
 from csre_jax.workdir import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
 ACTIONS = ("raise left hand", "raise right hand", "clap")
 HANDS = (5, 6)  # TORSO_LAYOUT's left and right hand
 PERIOD = 15  # frames per hand cycle, about
@@ -89,18 +86,6 @@ def train_actions_run(folder: Path) -> RunFolder:
     run = RunFolder(folder / "run")
     loop.train_and_evaluate(config, run.root)
     return run
-
-
-def predict_cli(run: RunFolder, *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CSRE_JAX_CACHE": str(run.root.parent / "xla")}
-    return subprocess.run(
-        [sys.executable, "predict.py", f"--workdir={run.root}", *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def one_hot_windows(truth: np.ndarray, window: int, num_classes: int):
@@ -237,7 +222,7 @@ def test_predict_py_finds_the_actions_of_a_long_sequence(run, tmp_path):
     keypoint, truth = long_sequence()
     np.save(tmp_path / "long.npy", keypoint)
     flags = [f"--window={WINDOW}", f"--stride={STRIDE}", f"--smooth={SMOOTH}", f"--fps={FPS:g}"]
-    result = predict_cli(run, f"--input={tmp_path / 'long.npy'}", *flags)
+    result = tiny_runs.predict_cli(run, f"--input={tmp_path / 'long.npy'}", *flags)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"long: {len(truth)} frames at 15 fps, "), lines
