@@ -65,8 +65,11 @@ class UnitGCN(nn.Module):
             Conv1x1Weights(ic, name=f"conv_{ab}_{s}") for ab in "ab" for s in range(NUM_SUBSETS)
         ]
         kernel, bias = _stacked(embed, cin)
-        a, b = jnp.moveaxis((x @ kernel + bias).reshape(n, t, v, 2, NUM_SUBSETS, ic), 3, 0)
-        logits = jnp.einsum("btvsc,btwsc->bsvw", a, b) / (ic * t)
+        # 2-D and batched matmuls, not N-D @ 2-D or an einsum, which jax2onnx writes as ONNX's
+        # Einsum (slow in onnxruntime): logits[n, s, v, w] = sum_(t, c) a[t, v, c] b[t, w, c]
+        ab = (x.reshape(-1, cin) @ kernel + bias).reshape(n, t, v, 2, NUM_SUBSETS, ic)
+        a, b = ab.transpose(3, 0, 4, 2, 1, 5).reshape(2, n, NUM_SUBSETS, v, t * ic)
+        logits = a @ jnp.swapaxes(b, -1, -2) / (ic * t)
         adj = jax.nn.softmax(logits, axis=-2) + (a_fixed + pa)
         # conv_d[s] Normal(0, sqrt(2 / (Cout * Cin * 3))): conv_branch_init, fan over subsets
         branch_init = nn.initializers.normal(math.sqrt(2.0 / (self.channels * cin * NUM_SUBSETS)))
@@ -82,7 +85,8 @@ class UnitGCN(nn.Module):
         # Einsum ran slower in onnxruntime (the model 1.9x XLA's time, now 1.5x).
         x_rows = x.transpose(0, 1, 3, 2).reshape(n, t * cin, v)
         z = x_rows @ adj.transpose(0, 2, 1, 3).reshape(n, v, NUM_SUBSETS * v)  # (c, s, w)
-        y = jnp.swapaxes(z.reshape(n * t, cin * NUM_SUBSETS, v), 1, 2) @ kernel
+        z = jnp.swapaxes(z.reshape(n * t, cin * NUM_SUBSETS, v), 1, 2)
+        y = z.reshape(n * t * v, cin * NUM_SUBSETS) @ kernel  # 2-D, a Gemm in ONNX
         y = y.reshape(n, t, v, self.channels) + bias.reshape(NUM_SUBSETS, -1).sum(0)
         return graph_conv_output(y, x, train)
 

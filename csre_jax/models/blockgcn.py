@@ -18,10 +18,10 @@ from csre_jax.models.layers import (
     MSTCN,
     Backbone,
     BatchNorm,
-    GroupedPointwise,
     block_output,
     embed_joints,
     graph_conv_output,
+    kaiming_fan_out,
     person_rows,
     pointwise,
 )
@@ -155,13 +155,36 @@ class BlockGC(nn.Module):
             "fc1", lambda key: jnp.tile(jnp.eye(v), (NUM_SUBSETS, heads, 1, 1))
         )  # identity per (subset, head)
         rpe = self.param("rpe", nn.initializers.zeros, (NUM_SUBSETS, heads, int(hops.max()) + 1))
-        weights = _column_normalised(fc1) + _column_normalised(rpe[:, :, hops])
-        x_heads = x.reshape(b, t, v, heads, cin // heads)
-        y = 0.0
-        for s in range(NUM_SUBSETS):
-            z = jnp.einsum("btvhc,hvw->btwhc", x_heads, weights[s]).reshape(b, t, v, cin)
-            y = y + GroupedPointwise(self.channels, heads, name=f"fc2_{s}")(z)
+        weights = _column_normalised(fc1) + _column_normalised(rpe[:, :, hops])  # (S, H, V, W)
+        ch, out = cin // heads, self.channels // heads
+        fc2 = [
+            _GroupedPointwiseVariables(self.channels, name=f"fc2_{s}")(ch)
+            for s in range(NUM_SUBSETS)
+        ]
+        # Two matmuls batched over heads (then subsets), not einsums: onnxruntime runs ONNX's
+        # Einsum several times slower, and XLA moved the einsums' axes anyway. The layouts keep
+        # onnxruntime's Transposes to the input and the output: z[h, s, w, bt, c].
+        rows = x.reshape(b * t, v, heads, ch).transpose(2, 1, 0, 3).reshape(heads, v, -1)
+        graph = weights.transpose(1, 0, 3, 2).reshape(heads, NUM_SUBSETS * v, v)  # (h, s, w, v)
+        z = (graph @ rows).reshape(heads * NUM_SUBSETS, v * b * t, ch)
+        kernel = jnp.stack([k.reshape(ch, heads, out) for k, _ in fc2])  # (S, Cin/H, H, O/H)
+        kernel = kernel.transpose(2, 0, 1, 3).reshape(heads * NUM_SUBSETS, ch, out)
+        y = (z @ kernel.astype(z.dtype)).reshape(heads, NUM_SUBSETS, v, b * t, out).sum(1)
+        y = y.transpose(2, 1, 0, 3).reshape(b, t, v, self.channels)
+        y = y + sum(bias for _, bias in fc2).astype(z.dtype)
         return graph_conv_output(y, x, train, bn_scale=1.0)
+
+
+class _GroupedPointwiseVariables(nn.Module):
+    """The variables of a GroupedPointwise (kernel (Cin/groups, Cout), bias), with its init,
+    for BlockGC's product that fuses the subsets."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, cin_per_group: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", kaiming_fan_out, (cin_per_group, self.channels))
+        return kernel, self.param("bias", nn.initializers.zeros, (self.channels,))
 
 
 class TCNGCN(nn.Module):

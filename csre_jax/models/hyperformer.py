@@ -15,7 +15,6 @@ from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
     Backbone,
-    GroupedPointwise,
     block_output,
     normalized_person_rows,
     torch_default_bias,
@@ -55,7 +54,7 @@ class MHSA(nn.Module):
 
     Per head: logit[u, w] = q_u.(k_w + rpe[hops[u, w]] + e_w) + w1.e_w, all scaled by
     head_dim^-1/2; out = proj((alpha * softmax_w(logit) + outer) @ v). Heads and (batch, time)
-    are batch axes of the einsums.
+    are batch axes of the matmuls.
     """
 
     num_heads: int
@@ -84,20 +83,41 @@ class MHSA(nn.Module):
         q = heads(torch_conv1x1(dim, "q")(x))
         e = heads(e)
         pos = heads(jnp.take(rpe, hops, axis=0))  # (U, W, H, d)
-        logits = (
-            jnp.einsum("btuhc,btwhc->bthuw", q, k + e)
-            + jnp.einsum("btuhc,uwhc->bthuw", q, pos)
-            + jnp.einsum("hc,btwhc->bthw", w1, e)[:, :, :, None, :]
-        )
+        # Matmuls batched over (b, t, h), not einsums: XLA compiles both alike, but ONNX's
+        # Einsum ran several times slower in onnxruntime than Transpose + MatMul.
+        b, t, u = q.shape[:3]
+        q_heads = q.transpose(0, 1, 3, 2, 4)  # (B, T, H, U, d)
+        logits = q_heads @ (k + e).transpose(0, 1, 3, 4, 2)  # (B, T, H, U, W)
+        q_joints = q.transpose(2, 3, 0, 1, 4).reshape(u, h, b * t, d)
+        pos_logits = (q_joints @ pos.transpose(0, 2, 3, 1)).reshape(u, h, b, t, u)
+        logits = logits + pos_logits.transpose(2, 3, 1, 0, 4)
+        logits = logits + jnp.sum(e * w1, axis=-1).transpose(0, 1, 3, 2)[:, :, :, None, :]
         attn = nn.softmax(logits * d**-0.5, axis=-1)
-        out = jnp.einsum("bthuw,btwhc->btuhc", alpha * attn + outer, v)
-        return GroupedPointwise(
-            dim,
-            self.proj_groups,
-            kernel_init=torch_default_kernel,
-            bias_init=torch_default_bias(dim // self.proj_groups),
-            name="proj",
-        )(out.reshape(*out.shape[:-2], dim))
+        out = (alpha * attn + outer) @ v.transpose(0, 1, 3, 2, 4)  # (B, T, H, U, d)
+        out = out.transpose(0, 1, 3, 2, 4).reshape(b * t * u, dim)
+        return GroupsFirstPointwise(dim, self.proj_groups, name="proj")(out).reshape(b, t, u, dim)
+
+
+class GroupsFirstPointwise(nn.Module):
+    """layers.GroupedPointwise (same variables and init, torch defaults) on rows (N, Cin), as
+    a MatMul batched over groups with the groups axis moved first: GroupedPointwise's einsum
+    is one that onnxruntime ran slowly (a third of this model's time), and XLA moves the axis
+    for it just the same."""
+
+    channels: int
+    groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        (n, cin), g = x.shape, self.groups
+        if cin % g or self.channels % g:
+            raise ValueError(f"{cin} -> {self.channels} channels do not split into {g} groups")
+        fan_in = cin // g
+        kernel = self.param("kernel", torch_default_kernel, (fan_in, self.channels))
+        bias = self.param("bias", torch_default_bias(fan_in), (self.channels,))
+        kernel = kernel.reshape(fan_in, g, -1).transpose(1, 0, 2).astype(x.dtype)
+        y = x.reshape(n, g, fan_in).transpose(1, 0, 2) @ kernel  # (G, N, Cout/G)
+        return y.transpose(1, 0, 2).reshape(n, self.channels) + bias.astype(x.dtype)
 
 
 class UnitViT(nn.Module):
