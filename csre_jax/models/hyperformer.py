@@ -15,6 +15,7 @@ from csre_jax.models import graphs, torch_io
 from csre_jax.models.layers import (
     MSTCN,
     Backbone,
+    GroupedPointwise,
     block_output,
     normalized_person_rows,
     torch_default_bias,
@@ -95,29 +96,13 @@ class MHSA(nn.Module):
         attn = nn.softmax(logits * d**-0.5, axis=-1)
         out = (alpha * attn + outer) @ v.transpose(0, 1, 3, 2, 4)  # (B, T, H, U, d)
         out = out.transpose(0, 1, 3, 2, 4).reshape(b * t * u, dim)
-        return GroupsFirstPointwise(dim, self.proj_groups, name="proj")(out).reshape(b, t, u, dim)
-
-
-class GroupsFirstPointwise(nn.Module):
-    """layers.GroupedPointwise (same variables and init, torch defaults) on rows (N, Cin), as
-    a MatMul batched over groups with the groups axis moved first: GroupedPointwise's einsum
-    is one that onnxruntime ran slowly (a third of this model's time), and XLA moves the axis
-    for it just the same."""
-
-    channels: int
-    groups: int
-
-    @nn.compact
-    def __call__(self, x):
-        (n, cin), g = x.shape, self.groups
-        if cin % g or self.channels % g:
-            raise ValueError(f"{cin} -> {self.channels} channels do not split into {g} groups")
-        fan_in = cin // g
-        kernel = self.param("kernel", torch_default_kernel, (fan_in, self.channels))
-        bias = self.param("bias", torch_default_bias(fan_in), (self.channels,))
-        kernel = kernel.reshape(fan_in, g, -1).transpose(1, 0, 2).astype(x.dtype)
-        y = x.reshape(n, g, fan_in).transpose(1, 0, 2) @ kernel  # (G, N, Cout/G)
-        return y.transpose(1, 0, 2).reshape(n, self.channels) + bias.astype(x.dtype)
+        return GroupedPointwise(
+            dim,
+            self.proj_groups,
+            kernel_init=torch_default_kernel,
+            bias_init=torch_default_bias(dim // self.proj_groups),
+            name="proj",
+        )(out).reshape(b, t, u, dim)
 
 
 class UnitViT(nn.Module):
