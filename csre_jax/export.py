@@ -31,6 +31,7 @@ from csre_jax.errors import UserError
 from csre_jax.fileio import atomic_write
 from csre_jax.model_card import ModelCard
 from csre_jax.models.build import backbone_shapes, build_backbone
+from csre_jax.models.layers import temporal_conv_2d
 from csre_jax.run_variables import restore_variables
 from csre_jax.workdir import BEST, RunFolder
 
@@ -230,7 +231,7 @@ def export_onnx(
     def graph(*arrays):
         return serve(flat, dict(zip(inputs, arrays, strict=True)))
 
-    with _quiet_onnx_conversion():
+    with _quiet_onnx_conversion(), temporal_conv_2d():
         model = to_onnx(
             graph,
             inputs=[(ONNX_BATCH, *shape) for shape in inputs.values()],
