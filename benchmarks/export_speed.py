@@ -296,7 +296,8 @@ def targets(results: dict, batches: tuple[int, ...]) -> str:
     def cell(ratio: float | None, limit: float) -> str:
         if ratio is None:
             return "not measured"
-        return f"{ratio:.2f} ({'met' if ratio <= limit else 'missed'})"
+        shown = f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+        return f"{shown} ({'met' if ratio <= limit else 'missed'})"
 
     lines = [
         f"| backbone | Predictor / before, batch {small} (at most 0.80) | batch {large} "
