@@ -75,9 +75,8 @@ class SelfAttention(nn.Module):
         # torch chunks q | k, then splits each into (head, dim)
         qk = qk.reshape(*qk.shape[:-1], 2, self.num_heads, self.hidden)
         q, k = qk[..., 0, :, :], qk[..., 1, :, :]  # (B, T, V, H, D)
-        # a matmul batched over (b, t, h), not an einsum: onnxruntime runs ONNX's Einsum slowly
-        dots = q.transpose(0, 1, 3, 2, 4) @ k.transpose(0, 1, 3, 4, 2) * self.hidden**-0.5
-        return jax.nn.softmax(dots, axis=-1)  # (B, T, H, U, W)
+        dots = jnp.einsum("btuhd,btwhd->bthuw", q, k) * self.hidden**-0.5
+        return jax.nn.softmax(dots, axis=-1)
 
 
 class SAGC(nn.Module):
@@ -94,32 +93,15 @@ class SAGC(nn.Module):
             "shared_topology", lambda key: jnp.tile(jnp.eye(v), (self.num_heads, 1, 1))
         )
         attn = SelfAttention(cin // 8, self.num_heads, name="attn")(x)
-        b, t, v, h = *x.shape[:3], self.num_heads
+        z = jnp.einsum("bthuw,btwc->bthuc", attn * topology, x)
         # official conv_branch_init: Normal(0, sqrt(2 / (Cout * Cin * heads))), bias 0
-        conv_d_init = nn.initializers.normal(math.sqrt(2.0 / (self.channels * cin * h)))
-        conv_d = [
-            _DenseVariables(self.channels, conv_d_init, name=f"conv_d_{i}")(cin) for i in range(h)
-        ]
-        # Two matmuls, not an einsum and a Dense per head: onnxruntime runs ONNX's Einsum
-        # slowly, and the heads' conv_d sum is one matmul over (head, channel) rows.
-        graph = (attn * topology).transpose(0, 1, 3, 2, 4).reshape(b, t, v * h, v)  # (u, h)
-        z = (graph @ x).reshape(b * t * v, h * cin)  # 2-D: jax2onnx writes N-D @ 2-D as Einsum
-        kernel = jnp.concatenate([kernel for kernel, _ in conv_d]).astype(z.dtype)
-        y = (z @ kernel + sum(bias for _, bias in conv_d).astype(z.dtype)).reshape(b, t, v, -1)
+        conv_d_std = math.sqrt(2.0 / (self.channels * cin * self.num_heads))
+        conv_d_init = nn.initializers.normal(conv_d_std)
+        y = sum(
+            nn.Dense(self.channels, kernel_init=conv_d_init, name=f"conv_d_{h}")(z[:, :, h])
+            for h in range(self.num_heads)
+        )
         return graph_conv_output(y, x, train)
-
-
-class _DenseVariables(nn.Module):
-    """The variables of an nn.Dense (kernel (Cin, Cout), bias), with its init, for SAGC's
-    product that fuses the heads."""
-
-    channels: int
-    kernel_init: nn.initializers.Initializer
-
-    @nn.compact
-    def __call__(self, cin: int) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", self.kernel_init, (cin, self.channels))
-        return kernel, self.param("bias", nn.initializers.zeros, (self.channels,))
 
 
 class EncodingBlock(nn.Module):
@@ -163,11 +145,7 @@ class InfoGCN(Backbone, kw_only=True):
     def feature_rows(self, x: jax.Array, train: bool) -> jax.Array:
         self.check_input(x)
         n, _, t, v, m = x.shape
-        # a 2-D matmul, not an einsum (which jax2onnx would write as ONNX's Einsum, slow in
-        # onnxruntime): x[..., u, c] = sum_w A[u, w] x[..., w, c]
-        rows = jnp.swapaxes(person_rows(x), -1, -2)  # (N, M, T, C, W)
-        x = rows.reshape(-1, v) @ kth_mode_matrix(self.layout, self.k).T
-        x = jnp.swapaxes(x.reshape(rows.shape), -1, -2)
+        x = jnp.einsum("uw,nmtwc->nmtuc", kth_mode_matrix(self.layout, self.k), person_rows(x))
         x = embed_joints(self, x, self.base_channels, train)
         x = x.reshape(n * m, t, v, self.base_channels)  # batch row n*M + m
         block_class = self.block_class(EncodingBlock)
